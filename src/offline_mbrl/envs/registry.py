@@ -85,14 +85,25 @@ def make_env(name: str, render_mode: str | None = None, **kwargs: object) -> gym
     return gym.make(spec.gym_id, render_mode=render_mode, **kwargs)
 
 
-def make_vector_env(name: str, n: int) -> gym.vector.SyncVectorEnv:
-    """``n`` copies of the environment stepped in lockstep.
+def episode_limit(name: str, max_episode_length: int) -> int:
+    """The shorter of ``max_episode_length`` and the environment's own time limit."""
+    own = gym.spec(get_env_spec(name).gym_id).max_episode_steps
+    return min(max_episode_length, own) if own else max_episode_length
+
+
+def make_vector_env(name: str, n: int, max_episode_length: int | None = None
+                    ) -> gym.vector.SyncVectorEnv:
+    """``n`` copies of the environment stepped in lockstep, resetting on the same step.
+
+    The final observation of an episode is in ``info["final_obs"]``.
 
     Synchronous: on a 2-core machine the process start-up and pipe traffic of an
     asynchronous vector env cost more than the MuJoCo steps themselves.
     """
     spec = get_env_spec(name)
+    kwargs = {} if max_episode_length is None else {
+        "max_episode_steps": episode_limit(name, max_episode_length)}
     return gym.vector.SyncVectorEnv(
-        [lambda: gym.make(spec.gym_id) for _ in range(n)],
+        [lambda: gym.make(spec.gym_id, **kwargs) for _ in range(n)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )

@@ -8,6 +8,7 @@ maps ``[G, B, in] -> [G, B, out]`` with one ``baddbmm``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -71,7 +72,7 @@ class BatchedMLP(nn.Module):
         super().__init__()
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             layers.append(BatchedLinear(groups, n_in, n_out))
             if i < len(sizes) - 2:
                 layers.append(activation())

@@ -1,0 +1,27 @@
+"""offline_mbrl: offline model-based reinforcement learning with batched populations.
+
+Quick use::
+
+    from offline_mbrl import TrainerConfiguration, train, load_agent
+
+    train(TrainerConfiguration(env_name="Pendulum-v1", mode="sac", online_epochs=5))
+    agent = load_agent("data/experiments/Pendulum-v1-sac/Pendulum-v1-sac-s0")
+    action = agent.act(obs, deterministic=True)
+"""
+
+from offline_mbrl.config import AgentConfiguration, TrainerConfiguration
+from offline_mbrl.errors import UserError
+from offline_mbrl.policy import LoadedAgent, load_agent
+from offline_mbrl.train import Trainer, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentConfiguration",
+    "LoadedAgent",
+    "Trainer",
+    "TrainerConfiguration",
+    "UserError",
+    "load_agent",
+    "train",
+]

@@ -1,0 +1,305 @@
+"""Command-line front end: ``ombrl <command>`` and the seed's scripts share this code.
+
+Every :class:`TrainerConfiguration` field is a flag whose help is the field's docstring.
+Errors the user can fix end the program with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
+from offline_mbrl.errors import UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags in one line instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _scalar_type(annotation: Any) -> tuple[Any, bool]:
+    """The argparse type of a field annotation, and whether it takes several values."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _scalar_type(args[0])
+        return str, False  # e.g. float | "auto": validated by the model
+    if origin is tuple:
+        return _scalar_type(get_args(annotation)[0])[0], True
+    if origin is Literal:
+        return str, False
+    if hasattr(annotation, "__metadata__"):  # Annotated[int, Field(...)]
+        return _scalar_type(get_args(annotation)[0])
+    if annotation is bool:
+        return parse_bool, False
+    if annotation in (int, float, str):
+        return annotation, False
+    return str, False
+
+
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
+                    skip: Sequence[str] = ()) -> list[str]:
+    """Add ``--<field>`` for each field of ``model`` (defaults unset); returns the names."""
+    names = []
+    for name, info in model.model_fields.items():
+        if name in skip or (isinstance(info.annotation, type)
+                            and issubclass(info.annotation, BaseModel)):
+            continue
+        kind, many = _scalar_type(info.annotation)
+        help_text = (info.description or "").replace("%", "%%")
+        default = info.default
+        help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"default": None, "help": help_text, "dest": name}
+        if kind is parse_bool:
+            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        elif many:
+            kwargs.update(nargs="+", type=kind)
+        else:
+            kwargs.update(type=kind)
+        if get_origin(info.annotation) is Literal:
+            kwargs["choices"] = list(get_args(info.annotation))
+        parser.add_argument(f"--{name}", **kwargs)
+        names.append(name)
+    return names
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a command body, turning :class:`UserError` into one line on stderr and exit 2."""
+    try:
+        return body()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: completed epochs are checkpointed; rerun with --resume",
+              file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------- train
+def build_train_parser(prog: str = "train_agent.py") -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog, description="Train agents online or offline "
+                           "(one batched population per command).",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    config_group = parser.add_argument_group("trainer configuration")
+    add_model_flags(config_group, TrainerConfiguration)
+    agent_group = parser.add_argument_group("agent configuration")
+    add_model_flags(agent_group, AgentConfiguration)
+    run = parser.add_argument_group("run control")
+    run.add_argument("--epochs", type=int, default=None,
+                     help="Epochs for the mode: sets online_epochs (sac, mbpo) or offline_epochs.")
+    run.add_argument("--exp_name", dest="experiment_name", default=None,
+                     help="Alias of --experiment_name.")
+    run.add_argument("--config", type=Path, default=None,
+                     help="JSON file of configuration fields (e.g. a run's config.json); "
+                          "flags override it.")
+    run.add_argument("--resume", action="store_true",
+                     help="Continue the runs in the existing run directories.")
+    run.add_argument("--overwrite", action="store_true",
+                     help="Delete existing run directories of this experiment first.")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="Do not show progress bars.")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
+    """Merge ``--config`` file, flags and aliases into a validated configuration."""
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"cannot read --config {args.config} ({error}): "
+                            "pass a JSON file of configuration fields") from None
+    agent = dict(values.get("agent", {}))
+    for name in TrainerConfiguration.model_fields:
+        value = getattr(args, name, None)
+        if value is not None and name != "agent":
+            values[name] = tuple(value) if isinstance(value, list) else value
+    for name in AgentConfiguration.model_fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            agent[name] = value
+    values["agent"] = agent
+    if args.epochs is not None:
+        mode = values.get("mode", "sac")
+        key = "online_epochs" if mode in ("sac", "mbpo") else "offline_epochs"
+        values[key] = args.epochs
+    return make_config(TrainerConfiguration, **values)
+
+
+def train_main(argv: Sequence[str] | None = None, prog: str = "train_agent.py") -> int:
+    parser = build_train_parser(prog)
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from rich.console import Console
+        from rich.table import Table
+
+        from offline_mbrl.train import Trainer
+
+        config = config_from_args(args)
+        trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite,
+                          progress=args.progress)
+        rows = trainer.run()
+        table = Table(title=f"{config.env_name} {config.mode}: final evaluation")
+        for column in ("seed", "return", "std", "normalised score", "run directory"):
+            table.add_column(column)
+        for seed, row, run_dir in zip(trainer.seeds, rows, trainer.run_dirs, strict=True):
+            score = row["NormalizedTestScore"]
+            table.add_row(str(seed), f"{row['AverageTestEpRet']:.1f}",
+                          f"{row['StdTestEpRet']:.1f}",
+                          f"{score:.1f}" if score == score else "n/a", str(run_dir))
+        Console().print(table)
+        return 0
+
+    return run_main(body)
+
+
+# ---------------------------------------------------------------------- evaluate
+def build_evaluate_parser(prog: str = "evaluate_agent.py") -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog, description="Evaluate trained agents with "
+                           "deterministic test episodes.")
+    parser.add_argument("--exp_path", required=True,
+                        help="Run directory (…-s0/) or experiment directory holding runs.")
+    parser.add_argument("--env_name", default=None,
+                        help="Environment to evaluate in (default: the run's own).")
+    parser.add_argument("--episodes", type=int, default=10, help="Test episodes per run.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the test episodes.")
+    parser.add_argument("--max_episode_length", type=int, default=1000,
+                        help="Episode length limit.")
+    parser.add_argument("--device", default="cpu", help="Torch device.")
+    parser.add_argument("--render", nargs="?", const=True, default=False, type=parse_bool,
+                        metavar="BOOL", help="Write a video of the first episode (headless).")
+    parser.add_argument("--video", type=Path, default=None,
+                        help="Video path (.mp4 or .gif; default <run dir>/videos/eval.mp4).")
+    return parser
+
+
+def _run_dirs_under(path: Path) -> list[Path]:
+    from offline_mbrl.runs import CHECKPOINT_FILE, find_checkpoint
+
+    if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
+        runs = sorted(p.parent for p in path.glob(f"*/{CHECKPOINT_FILE}"))
+        if runs:
+            return runs
+    return [find_checkpoint(path).parent]
+
+
+def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent.py") -> int:
+    parser = build_evaluate_parser(prog)
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        import numpy as np
+        import torch
+        from rich.console import Console
+        from rich.table import Table
+
+        from offline_mbrl.envs.registry import get_env_spec
+        from offline_mbrl.evaluation import evaluate_population, record_video
+        from offline_mbrl.policy import load_agent
+
+        if args.episodes <= 0:
+            raise UserError(f"--episodes must be positive, got {args.episodes}")
+        console = Console()
+        table = Table(title="Evaluation")
+        for column in ("run", "episodes", "mean return", "std", "min", "max", "length",
+                       "normalised score"):
+            table.add_column(column)
+        for run_dir in _run_dirs_under(Path(args.exp_path)):
+            agent = load_agent(run_dir, device=args.device)
+            env_name = args.env_name or agent.env_name
+            spec = get_env_spec(env_name)
+            if spec.family != get_env_spec(agent.env_name).family:
+                raise UserError(f"{run_dir} was trained on {agent.env_name}, not {env_name}: "
+                                "pass a matching --env_name")
+            result = evaluate_population(
+                env_name,
+                lambda obs, a=agent: a.agent.act(obs.to(a.device), deterministic=True),
+                n_members=1, episodes=args.episodes, seed=args.seed,
+                max_episode_length=args.max_episode_length)
+            returns = result.returns[0]
+            for i, value in enumerate(returns):
+                console.print(f"{run_dir.name} episode {i}: return {value:.1f}, "
+                              f"length {int(result.lengths[0][i])}")
+            metrics = result.as_metrics(0, spec.family)
+            table.add_row(run_dir.name, str(args.episodes), f"{metrics['AverageTestEpRet']:.1f}",
+                          f"{metrics['StdTestEpRet']:.1f}", f"{metrics['MinTestEpRet']:.1f}",
+                          f"{metrics['MaxTestEpRet']:.1f}", f"{metrics['TestEpLen']:.0f}",
+                          f"{metrics['NormalizedTestScore']:.1f}"
+                          if np.isfinite(metrics["NormalizedTestScore"]) else "n/a")
+            if args.render:
+                video = args.video or run_dir / "videos" / "eval.mp4"
+                with torch.no_grad():
+                    written = record_video(env_name, lambda o, a=agent: a.act(o), video,
+                                           seed=args.seed,
+                                           max_episode_length=args.max_episode_length)
+                console.print(f"video: {written}")
+        console.print(table)
+        return 0
+
+    return run_main(body)
+
+
+# ---------------------------------------------------------------------- ombrl
+# name -> (module, function, one-line description)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("offline_mbrl.cli", "train_main", "train agents (same flags as train_agent.py)"),
+    "evaluate": ("offline_mbrl.cli", "evaluate_main", "evaluate trained agents"),
+    "datasets": ("offline_mbrl.data.commands", "main",
+                 "download, collect, inspect, list and export datasets"),
+    "train-model": ("offline_mbrl.scripts.train_environment_model", "main",
+                    "train an environment model on a dataset"),
+    "plot": ("offline_mbrl.scripts.plot", "main", "plot training curves and final scores"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ombrl`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = ["usage: ombrl <command> [options]", "", "commands:"]
+        lines += [f"  {name:<12} {desc}" for name, (_, _, desc) in COMMANDS.items()]
+        lines += ["", "Run 'ombrl <command> --help' for a command's options."]
+        print("\n".join(lines))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"ombrl: error: unknown command '{name}': use one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module_name, function, _ = COMMANDS[name]
+    function_ = getattr(importlib.import_module(module_name), function)
+    if name in ("train", "evaluate"):
+        return int(function_(rest, prog=f"ombrl {name}"))
+    if name == "datasets":
+        return int(function_(rest))
+    return int(function_(rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Typed, validated, frozen configurations.
+
+Each field's docstring is its documentation and its command-line help. The field
+names of :class:`TrainerConfiguration` are those of the seed project, so that seed
+command lines and configuration files keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from offline_mbrl.errors import UserError
+
+MODES: tuple[str, ...] = (
+    "sac",
+    "mbpo",
+    "offline-sac",
+    "behavioral-cloning",
+    "aleatoric-penalty",
+    "epistemic-penalty",
+    "aleatoric-partitioning",
+    "epistemic-partitioning",
+)
+ONLINE_MODES = ("sac", "mbpo")
+PESSIMISTIC_MODES = MODES[4:]
+Mode = Literal[
+    "sac", "mbpo", "offline-sac", "behavioral-cloning", "aleatoric-penalty",
+    "epistemic-penalty", "aleatoric-partitioning", "epistemic-partitioning",
+]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class AgentConfiguration(_Frozen):
+    """Hyperparameters of the SAC and behavioral-cloning agents (seed defaults)."""
+
+    hidden_layers: PositiveInt = 4
+    """Hidden layers of the actor and of each critic."""
+    hidden_units: PositiveInt = 128
+    """ReLU units per hidden layer."""
+    lr: Annotated[float, Field(gt=0)] = 3e-4
+    """Adam learning rate of actor, critics and entropy temperature."""
+    gamma: Annotated[float, Field(ge=0, le=1)] = 0.99
+    """Discount factor."""
+    polyak: Annotated[float, Field(ge=0, le=1)] = 0.995
+    """Target networks move as target ← polyak·target + (1−polyak)·online."""
+    alpha: float | Literal["auto"] = 0.2
+    """Entropy temperature, or 'auto' to tune it toward a target entropy of −act_dim."""
+    batch_size: PositiveInt = 256
+    """Transitions per gradient step and member."""
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _parse_alpha(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError("alpha must be a number or 'auto'") from None
+        if isinstance(value, int | float) and value < 0:
+            raise ValueError("alpha must be non-negative")
+        return value
+
+
+class TrainerConfiguration(_Frozen):
+    """Everything a training run needs; written to ``config.json`` in each run directory."""
+
+    env_name: str = "hopper-medium-replay-v2"
+    """D4RL name (hopper-medium-replay-v2), plain name (hopper-v2) or Gymnasium id (Pendulum-v1)."""
+    mode: Mode = "sac"
+    """Training mode: one of sac, mbpo, offline-sac, behavioral-cloning,
+    {aleatoric,epistemic}-{penalty,partitioning}."""
+    seed: NonNegativeInt = 0
+    """Random seed of a single run."""
+    seeds: tuple[NonNegativeInt, ...] | None = None
+    """Seeds trained together as one batched population (one run directory each);
+    overrides seed."""
+    online_epochs: NonNegativeInt = 100
+    """Epochs of online training (sac, mbpo)."""
+    offline_epochs: NonNegativeInt = 0
+    """Epochs of offline training; 0 means the mode's default (500k updates for SAC-based
+    modes, 250k for behavioral cloning, divided by steps_per_epoch)."""
+    steps_per_epoch: PositiveInt = 4000
+    """Environment steps (online) or agent update steps (offline) per epoch."""
+    random_steps: NonNegativeInt = 10000
+    """Online: initial environment steps with uniformly random actions."""
+    init_steps: NonNegativeInt = 10000
+    """Online: environment steps before the first agent update."""
+    env_interactions_per_step: PositiveInt = 1
+    """Online: environment steps per training step."""
+    agent_updates_per_step: PositiveInt = 1
+    """Agent gradient steps per training step."""
+    test_episodes: PositiveInt = 10
+    """Deterministic evaluation episodes after each epoch."""
+    render_test_episodes: bool = False
+    """Write a video of the first test episode after each epoch."""
+    max_episode_length: PositiveInt = 1000
+    """Episode length limit in training and evaluation."""
+    use_env_model: bool = False
+    """Train on synthetic data from an environment model (implied by mbpo and the
+    pessimistic modes)."""
+    n_parallel_virtual_rollouts: PositiveInt = 50
+    """Synthetic transitions generated per agent update (seed: 50)."""
+    max_virtual_rollout_length: PositiveInt = 15
+    """Length of synthetic rollouts when no tuned value applies."""
+    train_env_model_every: PositiveInt = 250
+    """mbpo: retrain the environment model every this many environment steps."""
+    train_env_model_from_scratch: bool = False
+    """mbpo: re-initialise the model before each retraining."""
+    reset_virtual_buffer_after_env_model_training: bool = False
+    """mbpo: empty the synthetic buffer after each model retraining."""
+    pretrained_env_model_path: str | None = None
+    """Environment model file to use instead of $OMBRL_MODELS_DIR/<env>-model.pt."""
+    pretrained_agent_path: str | None = None
+    """Run directory or checkpoint whose agent weights initialise training."""
+    n_samples_from_dataset: int = 0
+    """Online: dataset transitions copied into the replay buffer before training (-1: all)."""
+    real_buffer_size: Annotated[int, Field(gt=0)] = 1_000_000
+    """Replay buffer capacity per member (online modes)."""
+    virtual_buffer_size: Annotated[int, Field(gt=0)] = 1_000_000
+    """Synthetic buffer capacity per member (model-based modes)."""
+    save_frequency: PositiveInt = 1
+    """Write a checkpoint every this many epochs (and always after the last)."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
+    experiment_name: str | None = None
+    """Experiment directory name; default <env_name>-<mode>."""
+    dataset: str | None = None
+    """Dataset file (D4RL HDF5) or minari:<id> instead of resolving env_name."""
+    agent: AgentConfiguration = AgentConfiguration()
+    """Agent hyperparameters."""
+
+    @field_validator("real_buffer_size", "virtual_buffer_size", mode="before")
+    @classmethod
+    def _int_from_float(cls, value: Any) -> Any:
+        # The seed writes buffer sizes as 1e6.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None:
+            if len(value) == 0:
+                raise ValueError("seeds must not be empty")
+            if len(set(value)) != len(value):
+                raise ValueError("seeds must be distinct")
+        return value
+
+    @property
+    def population_seeds(self) -> tuple[int, ...]:
+        """The seeds of the population (one member when ``seeds`` is unset)."""
+        return self.seeds if self.seeds is not None else (self.seed,)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the mode trains for, with offline defaults resolved."""
+        if self.mode in ONLINE_MODES:
+            return self.online_epochs
+        if self.offline_epochs > 0:
+            return self.offline_epochs
+        updates = 250_000 if self.mode == "behavioral-cloning" else 500_000
+        return max(1, round(updates / (self.steps_per_epoch * self.agent_updates_per_step)))
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line naming each offending field and what it requires."""
+    parts = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def make_config(cls: type[BaseModel], **values: Any) -> Any:
+    """Build ``cls(**values)``, turning validation errors into a one-line :class:`UserError`."""
+    try:
+        return cls(**values)
+    except ValidationError as error:
+        raise UserError(f"invalid configuration: {validation_message(error)}") from None

@@ -1,0 +1,417 @@
+"""The training loop: composes agent, data sources, evaluation, logging and checkpoints.
+
+One :class:`Trainer` trains a whole population (the seeds of ``config.population_seeds``)
+in lockstep; each member writes its own run directory, which is self-contained: its
+checkpoint holds only that member's slice of the population state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from offline_mbrl.agents import SAC, BehavioralCloning, split_member_state, stack_member_states
+from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
+from offline_mbrl.config import ONLINE_MODES, TrainerConfiguration
+from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
+from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
+from offline_mbrl.errors import NonFiniteError, UserError
+from offline_mbrl.logging import RunLogger
+from offline_mbrl.rng import PopulationRNG
+from offline_mbrl.runs import (
+    CHECKPOINT_FILE,
+    claim_run_dirs,
+    find_checkpoint,
+    member_run_dirs,
+    write_config,
+)
+
+# Streams of the per-member random generators; fixed so that checkpoints stay valid.
+_AGENT_STREAM, _DATA_STREAM, _ACTION_STREAM, _ROLLOUT_STREAM = 1, 2, 3, 4
+
+
+def resolve_device(name: str) -> torch.device:
+    """A usable torch device, or a one-line error saying what to use instead."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}': use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' is not available (no CUDA GPU visible): use --device cpu")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise UserError(f"device '{name}' does not exist ({torch.cuda.device_count()} GPUs): "
+                        "use cuda:0")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device '{name}' is not supported: use cpu or cuda")
+    return device
+
+
+def make_agent(kind: str, obs_dim: int, act_dim: int, action_low: Any, action_high: Any,
+               seeds: tuple[int, ...], config: TrainerConfiguration
+               ) -> SAC | BehavioralCloning:
+    cls = BehavioralCloning if kind == "bc" else SAC
+    return cls(obs_dim, act_dim, action_low, action_high, seeds, config.agent)
+
+
+def agent_kind(mode: str) -> str:
+    return "bc" if mode == "behavioral-cloning" else "sac"
+
+
+@dataclass
+class EpochMetrics:
+    """Sums of per-update metrics over an epoch, kept on the device until read."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+    finite_prefix: torch.Tensor | None = None
+    still_finite: torch.Tensor | None = None
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        finite = torch.stack([torch.isfinite(v).all() for v in metrics.values()]).all()
+        if self.still_finite is None:
+            self.still_finite = finite
+            self.finite_prefix = finite.long()
+        else:
+            self.still_finite = self.still_finite & finite
+            self.finite_prefix = self.finite_prefix + self.still_finite.long()
+        for key, value in metrics.items():
+            # float64 sums: thousands of float32 additions would drift visibly.
+            value = value.double()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += 1
+
+    def read(self) -> tuple[dict[str, np.ndarray], int | None]:
+        """Means ``{name: [P]}`` and the index of the first non-finite update, if any."""
+        if self.count == 0:
+            return {}, None
+        means = {k: (v / self.count).cpu().numpy() for k, v in self.sums.items()}
+        first_bad = None
+        if not bool(self.still_finite):
+            first_bad = int(self.finite_prefix)
+        return means, first_bad
+
+
+class Trainer:
+    """Trains ``config.population_seeds`` as one population.
+
+    Args:
+        config: the resolved configuration.
+        resume: continue from the checkpoints in the run directories.
+        overwrite: replace existing run directories.
+        progress: show a progress bar.
+        root: experiments root (default ``$OMBRL_DATA_DIR`` or ``./data/experiments``).
+    """
+
+    def __init__(self, config: TrainerConfiguration, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True, root: Path | None = None,
+                 ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.spec = get_env_spec(config.env_name)
+        self.seeds = config.population_seeds
+        self.P = len(self.seeds)
+        self.progress = progress
+        self._check_mode()
+
+        probe = make_env(config.env_name)
+        self.obs_dim = int(np.prod(probe.observation_space.shape))
+        self.act_dim = int(np.prod(probe.action_space.shape))
+        self.action_low = torch.as_tensor(probe.action_space.low, dtype=torch.float32)
+        self.action_high = torch.as_tensor(probe.action_space.high, dtype=torch.float32)
+        probe.close()
+        self.layout = TransitionLayout(self.obs_dim, self.act_dim)
+
+        self.online = config.mode in ONLINE_MODES
+        # Everything that can fail on bad input happens before run directories are touched.
+        dataset_rows = None if self.online else self._load_dataset_rows()
+        self.run_dirs = member_run_dirs(config, root)
+        resuming = claim_run_dirs(self.run_dirs, resume, overwrite)
+
+        self.kind = agent_kind(config.mode)
+        self.agent = make_agent(self.kind, self.obs_dim, self.act_dim, self.action_low,
+                                self.action_high, self.seeds, config).to(self.device)
+        self.rngs = {name: PopulationRNG(self.seeds, self.device, stream)
+                     for name, stream in (("agent", _AGENT_STREAM), ("data", _DATA_STREAM),
+                                          ("action", _ACTION_STREAM),
+                                          ("rollout", _ROLLOUT_STREAM))}
+        self.epoch = 0
+        self.total_env_steps = 0
+        self.total_updates = 0
+        self.replay: PopulationBuffer | None = None
+        self.dataset: DatasetSampler | None = None
+        if dataset_rows is None:
+            self.replay = PopulationBuffer(self.P, config.real_buffer_size, self.layout,
+                                           self.device)
+        else:
+            self.dataset = DatasetSampler(dataset_rows)
+
+        if config.pretrained_agent_path and not resuming:
+            self._load_pretrained_agent(config.pretrained_agent_path)
+        if resuming:
+            self._restore()
+        else:
+            for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
+                write_config(run_dir, self.member_config(seed))
+        self.loggers = [RunLogger(d, resume_epochs=self.epoch if resuming else None)
+                        for d in self.run_dirs]
+
+    # ------------------------------------------------------------------ setup
+    def _check_mode(self) -> None:
+        supported = ("sac", "offline-sac", "behavioral-cloning")
+        if self.config.mode not in supported:
+            raise UserError(f"mode '{self.config.mode}' is not available in this version: "
+                            f"use one of {', '.join(supported)}")
+        if self.config.mode not in ONLINE_MODES and self.spec.dataset_name is None \
+                and self.config.dataset is None:
+            raise UserError(f"mode '{self.config.mode}' trains on a dataset, but "
+                            f"'{self.config.env_name}' names none: use a D4RL name such as "
+                            "hopper-medium-replay-v2 or pass --dataset PATH")
+
+    def member_config(self, seed: int) -> TrainerConfiguration:
+        """The configuration as a single run of ``seed`` would have it."""
+        return self.config.model_copy(update={"seed": seed, "seeds": None})
+
+    def _load_dataset_rows(self) -> torch.Tensor:
+        from offline_mbrl.data.resolve import load_dataset
+
+        dataset = load_dataset(self.spec.dataset_name or self.config.env_name,
+                               dataset=self.config.dataset)
+        if dataset.obs_dim != self.obs_dim or dataset.act_dim != self.act_dim:
+            raise UserError(f"dataset {dataset.name} has obs/action sizes {dataset.obs_dim}/"
+                            f"{dataset.act_dim} but {self.config.env_name} needs "
+                            f"{self.obs_dim}/{self.act_dim}: use the dataset of that environment")
+        self.offline_dataset = dataset
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        rows = self.layout.pack(as_tensor(dataset.observations), as_tensor(dataset.actions),
+                                as_tensor(dataset.rewards), as_tensor(dataset.next_observations),
+                                as_tensor(dataset.terminals))
+        return rows.to(self.device)
+
+    def _load_pretrained_agent(self, path: str) -> None:
+        state = load_checkpoint(find_checkpoint(path))
+        if state.get("agent_kind") != self.kind or state.get("obs_dim") != self.obs_dim:
+            raise UserError(f"pretrained agent {path} is a {state.get('agent_kind')} agent for "
+                            f"obs_dim {state.get('obs_dim')}: pass a {self.kind} run of "
+                            f"{self.config.env_name}")
+        self.agent.load_state_dict(stack_member_states([state["agent"]] * self.P))
+
+    # ------------------------------------------------------------------ state
+    def member_state(self, member: int) -> dict[str, Any]:
+        """Member ``member``'s complete checkpoint."""
+        P = self.P
+        state: dict[str, Any] = {
+            "kind": "agent-run",
+            "config": self.member_config(self.seeds[member]).model_dump(mode="json"),
+            "agent_kind": self.kind,
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "action_low": self.action_low.clone(),
+            "action_high": self.action_high.clone(),
+            "agent": split_member_state(self.agent.state_dict(), P, member),
+            "rngs": {k: split_member_state(r.state_dict(), P, member)
+                     for k, r in self.rngs.items()},
+            "counters": {"epoch": self.epoch, "total_env_steps": self.total_env_steps,
+                         "total_updates": self.total_updates},
+        }
+        if self.replay is not None:
+            state["replay"] = split_member_state(self.replay.state_dict(), P, member)
+        return state
+
+    def save(self) -> None:
+        for member, run_dir in enumerate(self.run_dirs):
+            save_checkpoint(run_dir / CHECKPOINT_FILE, self.member_state(member))
+
+    def _restore(self) -> None:
+        states = [load_checkpoint(d / CHECKPOINT_FILE, map_location=self.device)
+                  for d in self.run_dirs]
+        for d, s in zip(self.run_dirs, states, strict=True):
+            if s.get("agent_kind") != self.kind or s.get("obs_dim") != self.obs_dim:
+                raise UserError(f"checkpoint in {d} belongs to another mode or environment: "
+                                "start a new run with --overwrite")
+        counters = {s["counters"]["epoch"] for s in states}
+        if len(counters) != 1:
+            raise UserError(f"members of {self.run_dirs[0].parent} stopped at different epochs "
+                            f"{sorted(counters)}: resume them one seed at a time")
+        self.agent.load_state_dict(stack_member_states([s["agent"] for s in states]))
+        for name, rng in self.rngs.items():
+            rng.load_state_dict(stack_member_states([s["rngs"][name] for s in states]))
+        self.epoch = states[0]["counters"]["epoch"]
+        self.total_env_steps = states[0]["counters"]["total_env_steps"]
+        self.total_updates = states[0]["counters"]["total_updates"]
+        if self.replay is not None:
+            self.replay.load_state_dict(stack_member_states([s["replay"] for s in states]))
+
+    # ------------------------------------------------------------------ training
+    def _update(self, source: Callable[[], torch.Tensor], metrics: EpochMetrics) -> None:
+        for _ in range(self.config.agent_updates_per_step):
+            batch = self.layout.unpack(source())
+            metrics.add(self.agent.update(batch, self.rngs["agent"]))
+            self.total_updates += 1
+
+    def _online_epoch(self, envs: Any, state: dict[str, Any], metrics: EpochMetrics,
+                      tick: Callable[[], None]) -> None:
+        config = self.config
+        replay = self.replay
+        assert replay is not None
+        batch_size = config.agent.batch_size
+        for _ in range(config.steps_per_epoch):
+            for _ in range(config.env_interactions_per_step):
+                obs = state["obs"]
+                if self.total_env_steps < config.random_steps:
+                    unit = self.rngs["action"].uniform(1, self.act_dim) * 2 - 1
+                    action = self.agent.scaler.to_env(unit)
+                else:
+                    action = self.agent.act(obs, deterministic=False, rng=self.rngs["action"])
+                next_obs_np, reward, terminated, _truncated, info = envs.step(
+                    action[:, 0].cpu().numpy())
+                stored_next = next_obs_np
+                if "_final_obs" in info:
+                    stored_next = next_obs_np.copy()
+                    for i in np.flatnonzero(info["_final_obs"]):
+                        stored_next[i] = info["final_obs"][i]
+                to_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32),  # noqa: E731
+                                                 device=self.device)
+                # Only true terminations stop bootstrapping; time-limit cuts do not.
+                replay.add(self.layout.pack(obs[:, 0], action[:, 0], to_t(reward),
+                                            to_t(stored_next), to_t(terminated))[:, None])
+                state["obs"] = to_t(next_obs_np)[:, None]
+                self.total_env_steps += 1
+            if self.total_env_steps >= config.init_steps:
+                self._update(lambda: replay.sample(batch_size, self.rngs["data"]), metrics)
+            tick()
+
+    def _offline_epoch(self, metrics: EpochMetrics, tick: Callable[[], None]) -> None:
+        dataset = self.dataset
+        assert dataset is not None
+        batch_size = self.config.agent.batch_size
+        for _ in range(self.config.steps_per_epoch):
+            self._update(lambda: dataset.sample(batch_size, self.rngs["data"]), metrics)
+            tick()
+
+    def evaluate(self) -> Any:
+        from offline_mbrl.evaluation import evaluate_population
+
+        return evaluate_population(
+            self.config.env_name,
+            lambda obs: self.agent.act(obs.to(self.device), deterministic=True),
+            n_members=self.P,
+            episodes=self.config.test_episodes,
+            seed=10_000 + self.epoch,
+            max_episode_length=self.config.max_episode_length,
+        )
+
+    def _check_finite(self, first_bad: int | None, updates_before: int) -> None:
+        bad_params = [n for n, p in self.agent.named_parameters() if not torch.isfinite(p).all()]
+        if first_bad is None and not bad_params:
+            return
+        step = updates_before + (first_bad or 0) + 1
+        what = f"parameter {bad_params[0]}" if first_bad is None else "a loss"
+        raise NonFiniteError(
+            f"{what} became non-finite at update {step} (epoch {self.epoch + 1}); the last good "
+            f"checkpoint in {self.run_dirs[0].parent} is kept: lower the learning rate or check "
+            "the data for extreme values, then --resume")
+
+    def run(self) -> list[dict[str, float]]:
+        """Train to ``config.epochs``; returns the last logged row of every member."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        config = self.config
+        epochs = config.epochs
+        envs = None
+        state: dict[str, Any] = {}
+        if self.online:
+            envs = make_vector_env(config.env_name, self.P, config.max_episode_length)
+            # Resumed runs start fresh episodes; seeds move on so they are not replays.
+            obs, _ = envs.reset(seed=[s * 1000 + self.epoch for s in self.seeds])
+            state["obs"] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[:, None]
+        last_rows: list[dict[str, float]] = []
+        start_time = time.time()
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} epochs"),
+            TextColumn("{task.fields[speed]:.0f} steps/s"),
+            TextColumn("test return {task.fields[ret]}"), TimeRemainingColumn(),
+            disable=not self.progress, transient=False)
+        try:
+            with progress:
+                task = progress.add_task(f"{config.env_name} {config.mode}", total=epochs,
+                                         completed=self.epoch, speed=0.0, ret="-")
+                while self.epoch < epochs:
+                    metrics = EpochMetrics()
+                    updates_before = self.total_updates
+                    epoch_start = time.time()
+                    steps_done = [0]
+
+                    def tick(task: Any = task, steps_done: list[int] = steps_done,
+                             epoch_start: float = epoch_start) -> None:
+                        steps_done[0] += 1
+                        if steps_done[0] % 200 == 0:
+                            speed = steps_done[0] / max(time.time() - epoch_start, 1e-9)
+                            progress.update(task, speed=speed)
+
+                    if self.online:
+                        self._online_epoch(envs, state, metrics, tick)
+                    else:
+                        self._offline_epoch(metrics, tick)
+                    means, first_bad = metrics.read()
+                    self._check_finite(first_bad, updates_before)
+                    self.epoch += 1
+                    result = self.evaluate()
+                    last_rows = self._log_epoch(result, means, time.time() - start_time)
+                    if self.epoch % config.save_frequency == 0 or self.epoch == epochs:
+                        self.save()
+                    mean_return = np.mean([r["AverageTestEpRet"] for r in last_rows])
+                    progress.update(task, completed=self.epoch, ret=f"{mean_return:.1f}")
+        finally:
+            for logger in self.loggers:
+                logger.close()
+            if envs is not None:
+                envs.close()
+        return last_rows
+
+    def _log_epoch(self, result: Any, means: dict[str, np.ndarray], elapsed: float
+                   ) -> list[dict[str, float]]:
+        rows = []
+        for member, logger in enumerate(self.loggers):
+            row: dict[str, Any] = {"Epoch": self.epoch}
+            test = result.as_metrics(member, self.spec.family)
+            row.update({k: test[k] for k in ("AverageTestEpRet", "StdTestEpRet",
+                                              "MaxTestEpRet", "MinTestEpRet", "TestEpLen")})
+            row["TotalEnvInteracts"] = self.total_env_steps
+            row["TotalUpdates"] = self.total_updates
+            for key in ("LossPi", "LossQ", "Alpha", "QMean", "LogPi"):
+                if key in means:
+                    row[key] = float(means[key][member])
+                elif key in ("LossPi", "LossQ"):
+                    row[key] = math.nan
+            row["Time"] = elapsed
+            row["NormalizedTestScore"] = test["NormalizedTestScore"]
+            logger.log_epoch(row, step=self.total_updates if not self.online
+                             else self.total_env_steps)
+            rows.append(row)
+        return rows
+
+
+def train(config: TrainerConfiguration | None = None, *, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, **overrides: Any
+          ) -> list[dict[str, float]]:
+    """Train a population as ``config`` (plus keyword overrides) describes.
+
+    Returns:
+        The last progress row of each member (AverageTestEpRet, NormalizedTestScore, ...).
+    """
+    from offline_mbrl.config import make_config
+
+    if config is None:
+        config = make_config(TrainerConfiguration, **overrides)
+    elif overrides:
+        config = make_config(TrainerConfiguration, **{**config.model_dump(), **overrides})
+    return Trainer(config, resume=resume, overwrite=overwrite, progress=progress).run()

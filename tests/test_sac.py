@@ -1,0 +1,108 @@
+import math
+
+import torch
+
+from offline_mbrl.agents import SAC, BehavioralCloning
+from offline_mbrl.agents.sac import squashed_gaussian, td_target
+from offline_mbrl.config import AgentConfiguration
+from offline_mbrl.rng import PopulationRNG
+
+SMALL = AgentConfiguration(hidden_layers=2, hidden_units=16)
+
+
+def make_batch(P, B=8, obs_dim=3, act_dim=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "obs": torch.randn(P, B, obs_dim, generator=g),
+        "action": torch.rand(P, B, act_dim, generator=g) * 2 - 1,
+        "reward": torch.randn(P, B, generator=g),
+        "next_obs": torch.randn(P, B, obs_dim, generator=g),
+        "terminated": (torch.rand(P, B, generator=g) < 0.2).float(),
+    }
+
+
+def test_td_target_hand_made():
+    reward = torch.tensor([[1.0, 2.0]])
+    terminated = torch.tensor([[0.0, 1.0]])
+    next_q = torch.tensor([[10.0, 10.0]])
+    next_log_prob = torch.tensor([[-1.0, -1.0]])
+    alpha = torch.tensor([[0.5]])
+    target = td_target(reward, terminated, next_q, next_log_prob, alpha, gamma=0.9)
+    # 1 + 0.9 * (10 + 0.5) = 10.45; terminal: reward only.
+    torch.testing.assert_close(target, torch.tensor([[10.45, 2.0]]))
+
+
+def test_squashed_gaussian_log_prob_matches_change_of_variables():
+    mean = torch.tensor([[[0.3, -1.2]]])
+    log_std = torch.tensor([[[-0.5, 0.2]]])
+    noise = torch.tensor([[[0.7, -2.0]]])
+    action, log_prob = squashed_gaussian(mean, log_std, noise)
+    u = mean + log_std.exp() * noise
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    expected = (normal.log_prob(u) - torch.log(1 - torch.tanh(u) ** 2)).sum(-1)
+    torch.testing.assert_close(action, torch.tanh(u))
+    torch.testing.assert_close(log_prob, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_population_member_equals_single_run():
+    """Member p of a population trains exactly as a single agent with seed p."""
+    seeds = (3, 4, 5)
+    population = SAC(3, 2, -torch.ones(2), torch.ones(2), seeds, SMALL)
+    single = SAC(3, 2, -torch.ones(2), torch.ones(2), (4,), SMALL)
+    rng_pop, rng_single = PopulationRNG(seeds), PopulationRNG((4,))
+    for step in range(5):
+        batch = make_batch(3, seed=step)
+        member_batch = {k: v[1:2] for k, v in batch.items()}
+        m_pop = population.update(batch, rng_pop)
+        m_single = single.update(member_batch, rng_single)
+        torch.testing.assert_close(m_pop["LossQ"][1:2], m_single["LossQ"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m_pop["LossPi"][1:2], m_single["LossPi"], rtol=1e-5,
+                                   atol=1e-6)
+    obs = torch.randn(1, 4, 3)
+    torch.testing.assert_close(population.act(obs.expand(3, 4, 3))[1], single.act(obs)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_alpha_stays_and_auto_alpha_moves():
+    fixed = SAC(3, 2, -torch.ones(2), torch.ones(2), (0,), SMALL)
+    auto = SAC(3, 2, -torch.ones(2), torch.ones(2), (0,),
+               SMALL.model_copy(update={"alpha": "auto"}))
+    rng = PopulationRNG((0,))
+    for _ in range(3):
+        fixed.update(make_batch(1), rng)
+        auto.update(make_batch(1), rng)
+    assert math.isclose(fixed.alpha.item(), 0.2, rel_tol=1e-6)
+    assert auto.alpha.item() != 1.0
+
+
+def test_target_network_polyak():
+    agent = SAC(3, 2, -torch.ones(2), torch.ones(2), (0,), SMALL)
+    before_target = [p.clone() for p in agent.critic_target.parameters()]
+    agent.update(make_batch(1), PopulationRNG((0,)))
+    for target, old, online in zip(agent.critic_target.parameters(), before_target,
+                                   agent.critic.parameters(), strict=True):
+        torch.testing.assert_close(target, 0.995 * old + 0.005 * online)
+
+
+def test_actions_within_bounds():
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])
+    for cls in (SAC, BehavioralCloning):
+        agent = cls(3, 2, low, high, (0, 1), SMALL)
+        action = agent.act(torch.randn(2, 100, 3) * 10, deterministic=False,
+                           rng=PopulationRNG((0, 1)))
+        assert action.shape == (2, 100, 2)
+        assert (action >= low).all() and (action <= high).all()
+
+
+def test_bc_recovers_linear_policy():
+    torch.manual_seed(0)
+    true_w = torch.tensor([[0.5, -0.3], [0.2, 0.4], [-0.1, 0.1]])
+    agent = BehavioralCloning(3, 2, -torch.ones(2), torch.ones(2), (0,),
+                              AgentConfiguration(hidden_layers=2, hidden_units=64, lr=3e-3))
+    rng = PopulationRNG((0,))
+    for _ in range(400):
+        obs = torch.randn(1, 128, 3)
+        agent.update({"obs": obs, "action": obs @ true_w}, rng)
+    test_obs = torch.randn(1, 256, 3)
+    error = (agent.act(test_obs) - test_obs @ true_w).abs().mean().item()
+    assert error < 0.05, error
