@@ -56,9 +56,9 @@ class PopulationRNG:
         for s in shape:
             n *= s
         index = torch.arange(n, device=self.device, dtype=torch.int64)
-        counter = (self.counter * 0x85EBCA77) & _MASK32
-        x = _mix32(self.keys[:, None] ^ counter)
-        x = _mix32((x + index[None, :] * 0x27D4EB2F) & _MASK32)
+        # Per-member, per-draw key on a [P] tensor (cheap), then two mixing rounds per element.
+        draw_key = _mix32(self.keys ^ ((self.counter * 0x85EBCA77) & _MASK32))[:, None]
+        x = _mix32((draw_key + index * 0x27D4EB2F) & _MASK32)
         x = _mix32(x ^ self.keys[:, None])
         self.counter.add_(1)
         return x.view(self.n_members, *shape)
@@ -69,8 +69,8 @@ class PopulationRNG:
 
     def normal(self, *shape: int) -> torch.Tensor:
         """Standard normal floats ``[P, *shape]`` (Box-Muller on two uniform draws)."""
-        u1 = 1.0 - self.uniform(*shape)  # (0, 1]: keeps log finite
-        u2 = self.uniform(*shape)
+        u1, u2 = self.uniform(2, *shape).unbind(1)
+        u1 = 1.0 - u1  # (0, 1]: keeps the log finite
         return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)
 
     def randint(self, high: int | torch.Tensor, *shape: int) -> torch.Tensor:

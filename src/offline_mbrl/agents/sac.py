@@ -139,11 +139,12 @@ class SAC(nn.Module):
         unit_action = self.scaler.to_unit(batch["action"])
         B = obs.shape[1]
         alpha = self.alpha.detach()[:, None]
+        # One draw for both policy samples: fewer small kernels per update.
+        next_noise, noise = rng.normal(2, B, self.act_dim).unbind(1)
 
         with torch.no_grad():
             next_mean, next_log_std = self._policy(next_obs)
-            next_action, next_log_prob = squashed_gaussian(
-                next_mean, next_log_std, rng.normal(B, self.act_dim))
+            next_action, next_log_prob = squashed_gaussian(next_mean, next_log_std, next_noise)
             next_q = self.q_values(next_obs, next_action, self.critic_target).min(dim=1).values
             target = td_target(batch["reward"], batch["terminated"], next_q, next_log_prob,
                                alpha, self.config.gamma)
@@ -155,7 +156,7 @@ class SAC(nn.Module):
         self.critic_optimizer.step()
 
         mean, log_std = self._policy(obs)
-        new_action, log_prob = squashed_gaussian(mean, log_std, rng.normal(B, self.act_dim))
+        new_action, log_prob = squashed_gaussian(mean, log_std, noise)
         self.critic.requires_grad_(False)
         q_pi = self.q_values(obs, new_action).min(dim=1).values
         self.critic.requires_grad_(True)

@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (install + main job) and `make test` (install + test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first and pinned: on machines with a local CPU wheel this avoids a multi-GB CUDA download.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" || $(BIN)/python -m pip install --quiet "torch>=2.4,<2.15"
+	$(BIN)/python -m pip install --quiet -e ".[dev,minari]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/ombrl demo
+
+test: install
+	MUJOCO_GL=egl $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache
