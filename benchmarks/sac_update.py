@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -181,13 +182,16 @@ def graphed_step(P: int, device: torch.device) -> Callable[[], None]:
 
 def time_block(step: Callable[[], None], seconds: float, device: torch.device) -> float:
     """Seconds per call, from as many calls as fit in about ``seconds``."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # On CUDA, sync only every few calls so that launches can run ahead as in training.
+    every = 4 if cuda else 1
     n, start = 0, time.perf_counter()
     sync()
     while True:
         step()
         n += 1
-        if n % 4 == 0:
+        if n % every == 0:
             sync()
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
@@ -209,6 +213,14 @@ def measure(steps: dict[str, Callable[[], None]], seconds: float, rounds: int,
 
 
 # --------------------------------------------------------------------------- main
+def load_average() -> str:
+    # Other processes on a shared machine distort every number; say how busy it was.
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -218,17 +230,23 @@ def main() -> None:
                         help="timed seconds per implementation and size (default 8)")
     parser.add_argument("--rounds", type=int, default=8,
                         help="alternating blocks per implementation and size (default 8)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads before timing (default: leave torch's default)")
     parser.add_argument("--no-graph", action="store_true",
                         help="on CUDA, skip the CUDA-graph row")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     sizes = args.sizes or ([1, 6, 32] if device.type == "cuda" else [1, 6])
 
     console = Console()
     console.print(f"torch {torch.__version__}, device {device}, "
                   f"torch.get_num_threads() = {torch.get_num_threads()}, "
+                  f"OMP_WAIT_POLICY = {os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
                   f"obs {OBS_DIM} / act {ACT_DIM}, batch {BATCH}, hidden {HIDDEN}, "
                   f"{args.rounds} alternating rounds x {args.seconds / args.rounds:.2f} s")
+    console.print(f"load average before: {load_average()}")
 
     table = Table(title="SAC updates per second (median of alternating blocks)")
     for col in ("P", "implementation", "updates/s", "seed-updates/s", "ms/update",
@@ -248,6 +266,7 @@ def main() -> None:
                           f"{sec * 1e3:.2f}", f"{ratio:.2f}x")
         table.add_section()
     console.print(table)
+    console.print(f"load average after: {load_average()} (on {os.cpu_count()} CPUs)")
     console.print("Target: batched P=6 at least 2x the seed-by-seed throughput.")
 
 

@@ -56,10 +56,11 @@ def test_collect_info_list(data_env, capsys: pytest.CaptureFixture[str]) -> None
     assert NAME in out and "ombrl" in out and "hopper-medium-v2" in out and "d4rl" in out
 
 
-def test_collect_other_kinds_not_available(data_env, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["datasets", "collect", "hopper-medium-v2", "--size", "10", "--quiet"]) == 2
-    assert "not available yet" in _one_line_error(capsys)
-    assert not (data_env["ombrl"] / "hopper-medium-v2.hdf5").exists()
+def test_collect_rejects_sac_flags_for_random(data_env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["datasets", "collect", "hopper-random-v2", "--size", "10", "--quiet",
+                 "--target_score", "10"]) == 2
+    _one_line_error(capsys)
+    assert not (data_env["ombrl"] / "hopper-random-v2.hdf5").exists()
 
 
 def test_collect_with_progress_and_out(data_env, tmp_path, capsys) -> None:

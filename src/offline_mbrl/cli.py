@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
+from offline_mbrl.models.training import EnvironmentModelConfiguration
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -60,9 +61,9 @@ def _scalar_type(annotation: Any) -> tuple[Any, bool]:
     return str, False
 
 
-def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
-                    skip: Sequence[str] = ()) -> list[str]:
-    """Add ``--<field>`` for each field of ``model`` (defaults unset); returns the names."""
+def add_model_flags(parser: Any, model: type[BaseModel], skip: Sequence[str] = (),
+                    prefix: str = "") -> list[str]:
+    """Add ``--<prefix><field>`` for each field of ``model`` (defaults unset)."""
     names = []
     for name, info in model.model_fields.items():
         if name in skip or (isinstance(info.annotation, type)
@@ -72,7 +73,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
         help_text = (info.description or "").replace("%", "%%")
         default = info.default
         help_text += f" (default: {default})"
-        kwargs: dict[str, Any] = {"default": None, "help": help_text, "dest": name}
+        kwargs: dict[str, Any] = {"default": None, "help": help_text,
+                                  "dest": prefix + name}
         if kind is parse_bool:
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         elif many:
@@ -81,7 +83,7 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
             kwargs.update(type=kind)
         if get_origin(info.annotation) is Literal:
             kwargs["choices"] = list(get_args(info.annotation))
-        parser.add_argument(f"--{name}", **kwargs)
+        parser.add_argument(f"--{prefix}{name}", **kwargs)
         names.append(name)
     return names
 
@@ -108,6 +110,12 @@ def build_train_parser(prog: str = "train_agent.py") -> argparse.ArgumentParser:
     add_model_flags(config_group, TrainerConfiguration)
     agent_group = parser.add_argument_group("agent configuration")
     add_model_flags(agent_group, AgentConfiguration)
+    model_group = parser.add_argument_group("environment model configuration")
+    add_model_flags(model_group, EnvironmentModelConfiguration, prefix="model_",
+                    skip=("device",))
+    parser.add_argument("--hyperparameters", type=Path, default=None,
+                        help="JSON file of tuned fields (written by 'ombrl tune'); flags "
+                             "override it.")
     run = parser.add_argument_group("run control")
     run.add_argument("--epochs", type=int, default=None,
                      help="Epochs for the mode: sets online_epochs (sac, mbpo) or offline_epochs.")
@@ -134,16 +142,26 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
         except (OSError, json.JSONDecodeError) as error:
             raise UserError(f"cannot read --config {args.config} ({error}): "
                             "pass a JSON file of configuration fields") from None
+    if args.hyperparameters is not None:
+        from offline_mbrl.hyperparameters import read_hyperparameters_file
+
+        values.update(read_hyperparameters_file(args.hyperparameters))
     agent = dict(values.get("agent", {}))
+    env_model = dict(values.get("env_model", {}))
     for name in TrainerConfiguration.model_fields:
         value = getattr(args, name, None)
-        if value is not None and name != "agent":
+        if value is not None and name not in ("agent", "env_model"):
             values[name] = tuple(value) if isinstance(value, list) else value
     for name in AgentConfiguration.model_fields:
         value = getattr(args, name, None)
         if value is not None:
             agent[name] = value
+    for name in EnvironmentModelConfiguration.model_fields:
+        value = getattr(args, f"model_{name}", None)
+        if value is not None:
+            env_model[name] = value
     values["agent"] = agent
+    values["env_model"] = env_model
     if args.epochs is not None:
         mode = values.get("mode", "sac")
         key = "online_epochs" if mode in ("sac", "mbpo") else "offline_epochs"

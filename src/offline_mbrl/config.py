@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from offline_mbrl.errors import UserError
+from offline_mbrl.models.training import EnvironmentModelConfiguration
 
 MODES: tuple[str, ...] = (
     "sac",
@@ -30,8 +31,10 @@ Mode = Literal[
     "epistemic-penalty", "aleatoric-partitioning", "epistemic-partitioning",
 ]
 
+MODEL_BASED_MODES = ("mbpo", *PESSIMISTIC_MODES)
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class _Frozen(BaseModel):
@@ -134,8 +137,26 @@ class TrainerConfiguration(_Frozen):
     """Experiment directory name; default <env_name>-<mode>."""
     dataset: str | None = None
     """Dataset file (D4RL HDF5) or minari:<id> instead of resolving env_name."""
+    rollout_length: tuple[PositiveInt, ...] | None = None
+    """Synthetic rollout length (one value, or one per population member); default: the
+    tuned table for the mode and dataset, else 5."""
+    pessimism: tuple[NonNegativeFloat, ...] | None = None
+    """Penalty coefficient λ of *-penalty modes (one value or one per member); default: the
+    tuned table, else half of R_max / max dataset uncertainty."""
+    ood_threshold: tuple[NonNegativeFloat, ...] | None = None
+    """Uncertainty threshold of *-partitioning modes (one value or one per member); default:
+    the tuned table, else the largest uncertainty on the dataset."""
+    real_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Fraction of each agent batch drawn from real data (the rest is synthetic). 0.05 as in
+    MBPO and MOPO: enough real transitions to anchor the critics to true rewards, while the
+    synthetic data supplies the coverage that makes model-based training worthwhile."""
+    rollout_every: PositiveInt = 250
+    """Agent updates between rollout rounds; each round generates
+    n_parallel_virtual_rollouts × rollout_every synthetic transitions per member at once."""
     agent: AgentConfiguration = AgentConfiguration()
     """Agent hyperparameters."""
+    env_model: EnvironmentModelConfiguration = EnvironmentModelConfiguration()
+    """Environment model architecture and training (model-based modes)."""
 
     @field_validator("real_buffer_size", "virtual_buffer_size", mode="before")
     @classmethod
@@ -154,6 +175,11 @@ class TrainerConfiguration(_Frozen):
             if len(set(value)) != len(value):
                 raise ValueError("seeds must be distinct")
         return value
+
+    @field_validator("rollout_length", "pessimism", "ood_threshold", mode="before")
+    @classmethod
+    def _scalar_to_tuple(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, int | float) else value
 
     @property
     def population_seeds(self) -> tuple[int, ...]:

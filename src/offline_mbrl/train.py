@@ -19,12 +19,13 @@ import torch
 
 from offline_mbrl.agents import SAC, BehavioralCloning, split_member_state, stack_member_states
 from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
-from offline_mbrl.config import ONLINE_MODES, TrainerConfiguration
+from offline_mbrl.config import MODEL_BASED_MODES, ONLINE_MODES, TrainerConfiguration
 from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
 from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
 from offline_mbrl.errors import NonFiniteError, UserError
 from offline_mbrl.logging import RunLogger
 from offline_mbrl.rng import PopulationRNG
+from offline_mbrl.rollouts import Pessimism, rollout
 from offline_mbrl.runs import (
     CHECKPOINT_FILE,
     claim_run_dirs,
@@ -130,10 +131,17 @@ class Trainer:
         self.layout = TransitionLayout(self.obs_dim, self.act_dim)
 
         self.online = config.mode in ONLINE_MODES
+        self.model_based = config.mode in MODEL_BASED_MODES or config.use_env_model
         # Everything that can fail on bad input happens before run directories are touched.
         dataset_rows = None if self.online else self._load_dataset_rows()
+        self.model: Any = None
+        self.model_path: Path | None = None
+        if self.model_based and not self.online:
+            self.model = self._existing_model()
         self.run_dirs = member_run_dirs(config, root)
         resuming = claim_run_dirs(self.run_dirs, resume, overwrite)
+        if self.model_based and not self.online and self.model is None:
+            self.model = self._train_and_save_model()
 
         self.kind = agent_kind(config.mode)
         self.agent = make_agent(self.kind, self.obs_dim, self.act_dim, self.action_low,
@@ -153,6 +161,17 @@ class Trainer:
         else:
             self.dataset = DatasetSampler(dataset_rows)
 
+        self.virtual: PopulationBuffer | None = None
+        self.pessimism: Pessimism | None = None
+        if self.model_based:
+            self.virtual = PopulationBuffer(self.P, config.virtual_buffer_size, self.layout,
+                                            self.device)
+            if self.model is not None:
+                self.pessimism = self._resolve_pessimism()
+        self.rollout_stats: dict[str, torch.Tensor] = {}
+        self.rollout_rounds = 0
+        self._virtual_empty = True
+
         if config.pretrained_agent_path and not resuming:
             self._load_pretrained_agent(config.pretrained_agent_path)
         if resuming:
@@ -165,10 +184,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _check_mode(self) -> None:
-        supported = ("sac", "offline-sac", "behavioral-cloning")
-        if self.config.mode not in supported:
-            raise UserError(f"mode '{self.config.mode}' is not available in this version: "
-                            f"use one of {', '.join(supported)}")
+        if self.config.mode == "mbpo" and self.P > 1:
+            raise UserError("mbpo trains one environment model per seed from its own "
+                            "interactions, so it runs one seed per command: pass a single --seed")
+        if self.config.mode == "behavioral-cloning" and self.config.use_env_model:
+            raise UserError("behavioral-cloning does not use an environment model: "
+                            "drop --use_env_model")
         if self.config.mode not in ONLINE_MODES and self.spec.dataset_name is None \
                 and self.config.dataset is None:
             raise UserError(f"mode '{self.config.mode}' trains on a dataset, but "
@@ -202,6 +223,142 @@ class Trainer:
                             f"obs_dim {state.get('obs_dim')}: pass a {self.kind} run of "
                             f"{self.config.env_name}")
         self.agent.load_state_dict(stack_member_states([state["agent"]] * self.P))
+
+    # ------------------------------------------------------------------ model
+    def _model_config(self) -> Any:
+        return self.config.env_model.model_copy(update={"device": str(self.device)})
+
+    def _existing_model(self) -> Any:
+        """The saved model to reuse, ``None`` when one must be trained; refuses mismatches."""
+        from offline_mbrl.models.io import (
+            check_model_matches,
+            default_model_path,
+            load_environment_model,
+        )
+
+        explicit = self.config.pretrained_env_model_path
+        path = Path(explicit) if explicit else default_model_path(
+            self.spec.dataset_name or self.config.env_name)
+        self.model_path = path
+        if not explicit and not path.is_file():
+            return None
+        model, metadata = load_environment_model(path, device=self.device)
+        check_model_matches(metadata, self.offline_dataset, self.config.env_name)
+        return model
+
+    def _train_and_save_model(self) -> Any:
+        from offline_mbrl.models.io import save_environment_model
+        from offline_mbrl.models.training import train_environment_model
+
+        model, metrics = train_environment_model(
+            self.offline_dataset, self._model_config(), self.config.env_name,
+            log_dir=self.run_dirs[0].parent / "env_model_tensorboard", progress=self.progress)
+        assert self.model_path is not None
+        save_environment_model(model, self.model_path, {
+            "config": self._model_config().model_dump(mode="json"),
+            "dataset_name": self.offline_dataset.name,
+            "dataset_hash": self.offline_dataset.content_hash(),
+            "validation": metrics,
+        })
+        return model.to(self.device)
+
+    def _per_member(self, name: str, values: tuple[float, ...]) -> torch.Tensor:
+        if len(values) not in (1, self.P):
+            raise UserError(f"--{name} got {len(values)} values for {self.P} population "
+                            f"members: pass one value or one per member")
+        return torch.as_tensor(values * (self.P if len(values) == 1 else 1),
+                               dtype=torch.float32, device=self.device)
+
+    def _resolve_pessimism(self) -> Pessimism:
+        """Per-member rollout lengths and pessimism: flags, then the tuned table, then
+        values derived from the dataset's uncertainty statistics."""
+        from offline_mbrl.hyperparameters import fallback_pessimism, lookup
+
+        config = self.config
+        mode = config.mode
+        tuned = lookup(mode, self.spec.dataset_name) if config.dataset is None else None
+        lengths = config.rollout_length or (
+            (tuned.rollout_length,) if tuned else (config.max_virtual_rollout_length,))
+        rollout_length = self._per_member("rollout_length", lengths).long()
+        penalty = torch.zeros(self.P, device=self.device)
+        threshold = torch.full((self.P,), math.inf, device=self.device)
+        max_reward = float(np.max(self.offline_dataset.rewards)) if not self.online else 0.0
+        if mode.endswith("-penalty") or mode.endswith("-partitioning"):
+            given = config.pessimism if mode.endswith("-penalty") else config.ood_threshold
+            if given is None and tuned is not None:
+                given = (tuned.value,)
+            if given is None:
+                from offline_mbrl.models.statistics import uncertainty_statistics
+
+                stats = uncertainty_statistics(self.model, self.offline_dataset, self.model_path)
+                kind = stats[mode.split("-")[0]]
+                given = (fallback_pessimism(mode, kind["mean"], kind["max"], max_reward),)
+            values = self._per_member("pessimism" if mode.endswith("-penalty")
+                                      else "ood_threshold", given)
+            if mode.endswith("-penalty"):
+                penalty = values
+            else:
+                threshold = values
+        return Pessimism.from_mode(mode, rollout_length, penalty, threshold, max_reward)
+
+    def _rollout_round(self, start_source: Callable[[int], torch.Tensor]) -> None:
+        """Generate ``n_parallel_virtual_rollouts × rollout_every`` transitions per member."""
+        assert self.pessimism is not None and self.virtual is not None
+        samples = self.config.n_parallel_virtual_rollouts * self.config.rollout_every
+        lengths = self.pessimism.rollout_length
+        n_active = torch.div(samples + lengths - 1, lengths, rounding_mode="floor")
+        n_starts = int(samples // int(lengths.min()) + 1)
+        start_obs = start_source(n_starts)[..., self.layout.slices["obs"]]
+        batch = rollout(self.model, self.agent, start_obs, self.pessimism, self.layout,
+                        self.rngs["rollout"], n_active=n_active)
+        self.virtual.add(batch.rows, batch.valid)
+        self._virtual_empty = False
+        for key, value in batch.stats.items():
+            self.rollout_stats[key] = self.rollout_stats.get(key, 0) + value
+        self.rollout_rounds += 1
+
+    def _rollout_due(self) -> bool:
+        # A host-side flag, not virtual.size: reading a device tensor each step would sync.
+        return self._virtual_empty or self.total_updates % self.config.rollout_every == 0
+
+    def _mixed_source(self, real: Callable[[int], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """Batches with ``real_ratio`` real rows and the rest from the synthetic buffer."""
+        batch_size = self.config.agent.batch_size
+        n_real = round(self.config.real_ratio * batch_size) if self.model_based else batch_size
+        n_virtual = batch_size - n_real
+        virtual = self.virtual
+        rng = self.rngs["data"]
+        if n_virtual == 0 or virtual is None:
+            return lambda: real(batch_size)
+        if n_real == 0:
+            return lambda: virtual.sample(n_virtual, rng)
+        return lambda: torch.cat([real(n_real), virtual.sample(n_virtual, rng)], dim=1)
+
+    def _retrain_online_model(self) -> None:
+        """mbpo: fit the model to the real buffer (member 0; mbpo runs one seed)."""
+        from offline_mbrl.data.dataset import OfflineDataset
+        from offline_mbrl.models.training import train_environment_model
+
+        assert self.replay is not None
+        rows = self.replay.state_dict()["rows"][0]
+        parts = self.layout.unpack(rows)
+        dataset = OfflineDataset(
+            observations=parts["obs"].numpy(), actions=parts["action"].numpy(),
+            rewards=parts["reward"].numpy(), next_observations=parts["next_obs"].numpy(),
+            terminals=parts["terminated"].numpy() > 0.5,
+            timeouts=np.zeros(rows.shape[0], dtype=bool), name="replay")
+        # Retraining from scratch or warm: warm starts are approximated by fewer epochs.
+        config = self._model_config()
+        if self.model is not None and not self.config.train_env_model_from_scratch:
+            config = config.model_copy(update={"training_patience": 5})
+        self.model, _ = train_environment_model(dataset, config, self.config.env_name,
+                                                progress=False)
+        self.model = self.model.to(self.device)
+        if self.pessimism is None:
+            self.pessimism = self._resolve_pessimism()
+        if self.config.reset_virtual_buffer_after_env_model_training and self.virtual is not None:
+            self.virtual.clear()
+            self._virtual_empty = True
 
     # ------------------------------------------------------------------ state
     def member_state(self, member: int) -> dict[str, Any]:
@@ -261,7 +418,8 @@ class Trainer:
         config = self.config
         replay = self.replay
         assert replay is not None
-        batch_size = config.agent.batch_size
+        real = lambda n: replay.sample(n, self.rngs["data"])  # noqa: E731
+        source = self._mixed_source(real)
         for _ in range(config.steps_per_epoch):
             for _ in range(config.env_interactions_per_step):
                 obs = state["obs"]
@@ -284,16 +442,26 @@ class Trainer:
                                             to_t(stored_next), to_t(terminated))[:, None])
                 state["obs"] = to_t(next_obs_np)[:, None]
                 self.total_env_steps += 1
+                if self.model_based and self.total_env_steps >= config.init_steps and (
+                        self.model is None
+                        or self.total_env_steps % config.train_env_model_every == 0):
+                    self._retrain_online_model()
             if self.total_env_steps >= config.init_steps:
-                self._update(lambda: replay.sample(batch_size, self.rngs["data"]), metrics)
+                if self.model_based and self._rollout_due():
+                    self._rollout_round(real)
+                self._update(source, metrics)
             tick()
 
     def _offline_epoch(self, metrics: EpochMetrics, tick: Callable[[], None]) -> None:
         dataset = self.dataset
         assert dataset is not None
-        batch_size = self.config.agent.batch_size
+        real = lambda n: dataset.sample(n, self.rngs["data"])  # noqa: E731
+        source = self._mixed_source(real)
         for _ in range(self.config.steps_per_epoch):
-            self._update(lambda: dataset.sample(batch_size, self.rngs["data"]), metrics)
+            if self.model_based and self._rollout_due():
+                # Rollouts start from dataset observations, drawn uniformly.
+                self._rollout_round(real)
+            self._update(source, metrics)
             tick()
 
     def evaluate(self) -> Any:
@@ -366,6 +534,7 @@ class Trainer:
                     self.epoch += 1
                     result = self.evaluate()
                     last_rows = self._log_epoch(result, means, time.time() - start_time)
+                    self.rollout_stats, self.rollout_rounds = {}, 0
                     if self.epoch % config.save_frequency == 0 or self.epoch == epochs:
                         self.save()
                     mean_return = np.mean([r["AverageTestEpRet"] for r in last_rows])
@@ -392,6 +561,8 @@ class Trainer:
                     row[key] = float(means[key][member])
                 elif key in ("LossPi", "LossQ"):
                     row[key] = math.nan
+            for key, value in self.rollout_stats.items():
+                row[key] = float(value[member]) / max(self.rollout_rounds, 1)
             row["Time"] = elapsed
             row["NormalizedTestScore"] = test["NormalizedTestScore"]
             logger.log_epoch(row, step=self.total_updates if not self.online

@@ -218,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot create output directory {out_dir} ({exc.strerror}): "
                             "choose another --out") from None
 
+    # The tensors are tiny: thread hand-offs would cost more than the arithmetic.
+    torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     x_np, y_np = make_toy_data(args.n_points, args.add_points_between, args.seed)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         loss.backward()
         optimizer.step()
         if step % args.steps_per_plot == 0 or step == args.steps:
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             figure.update(model, step, loss_value)
             if live:
                 if not plt.fignum_exists(figure.fig.number):
