@@ -130,6 +130,7 @@ class _Figure:
         self.ax_u.set_xlabel("x (shaded: gap without data)")
         self.ax_u.set_ylim(0, 1.5)
         self.ax_u.legend(loc="upper left", fontsize=8)
+        self.ax.set_title(f"probabilistic ensemble of {n_networks}: step 0")
         self.fig.tight_layout()
 
     def update(self, model: ToyEnsemble, step: int, loss: float) -> None:
@@ -207,6 +208,16 @@ def _pyplot(live_wanted: bool) -> tuple[Any, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The tensors are tiny: thread hand-offs would cost more than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     _check(args)
     out_dir = Path(args.out).expanduser() if args.out else (
         Path(os.environ.get("OMBRL_DATA_DIR") or "data/experiments") / "toy-ensemble")
@@ -218,8 +229,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot create output directory {out_dir} ({exc.strerror}): "
                             "choose another --out") from None
 
-    # The tensors are tiny: thread hand-offs would cost more than the arithmetic.
-    torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     x_np, y_np = make_toy_data(args.n_points, args.add_points_between, args.seed)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
