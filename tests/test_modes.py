@@ -121,8 +121,7 @@ def test_model_is_trained_once_then_reused(dirs):
     assert model_path.stat().st_mtime_ns == stamp
 
 
-def test_mismatched_model_is_refused(dirs, hopper_dataset):
-    dataset, _ = hopper_dataset
+def test_mismatched_model_is_refused(dirs):
     Trainer(config("epistemic-penalty"), progress=False).run()
     other = collect_random("hopper-random-v2", 300, seed=1)
     other_path = dirs / "other.hdf5"
