@@ -212,6 +212,27 @@ def measure(steps: dict[str, Callable[[], None]], seconds: float, rounds: int,
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def profile_batched(P: int, device: torch.device, console: Console, steps: int = 20) -> None:
+    """Print where the batched update spends its time, operator by operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = batched_step(P, device)
+    for _ in range(5):
+        step()
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    console.print(f"\nbatched update, P={P}, {steps} steps:")
+    # Plain print: the profiler's table is wider than rich would let it be.
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=15), flush=True)
+
+
 # --------------------------------------------------------------------------- main
 def load_average() -> str:
     # Other processes on a shared machine distort every number; say how busy it was.
@@ -234,6 +255,8 @@ def main() -> None:
                         help="torch.set_num_threads before timing (default: leave torch's default)")
     parser.add_argument("--no-graph", action="store_true",
                         help="on CUDA, skip the CUDA-graph row")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's top operators of the batched update")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads is not None:
@@ -268,6 +291,9 @@ def main() -> None:
     console.print(table)
     console.print(f"load average after: {load_average()} (on {os.cpu_count()} CPUs)")
     console.print("Target: batched P=6 at least 2x the seed-by-seed throughput.")
+    if args.profile:
+        for P in sizes:
+            profile_batched(P, device, console)
 
 
 if __name__ == "__main__":

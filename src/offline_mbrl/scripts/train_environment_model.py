@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default="probabilistic", help="network outputs and loss")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: one per core); 1 is faster when "
+                             "other processes keep the cores busy")
     parser.add_argument("--log_dir", default=None, help="write TensorBoard scalars here")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true",
                         help="hide the progress bar")
@@ -87,6 +90,8 @@ def _summary(metrics: dict, path: Path, env_name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from offline_mbrl.data.resolve import load_dataset
     from offline_mbrl.envs.registry import get_env_spec
     from offline_mbrl.models.io import default_model_path, save_environment_model
@@ -103,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         max_number_of_training_batches=args.max_batches, seed=args.seed, device=args.device,
     )
     resolve_device(config.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}: pass e.g. "
+                            "--threads 1")
+        torch.set_num_threads(args.threads)
     out = Path(args.out).expanduser() if args.out else default_model_path(args.env_name)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory: give a file path such as "
