@@ -270,6 +270,12 @@ def main() -> None:
                   f"obs {OBS_DIM} / act {ACT_DIM}, batch {BATCH}, hidden {HIDDEN}, "
                   f"{args.rounds} alternating rounds x {args.seconds / args.rounds:.2f} s")
     console.print(f"load average before: {load_average()}")
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if device.type == "cpu" and torch.get_num_threads() > 1 and busy >= (os.cpu_count() or 1):
+        # OpenMP threads spin while they wait for each other; with every core already busy
+        # that turns into 10-100x slowdowns that measure the neighbours, not SAC.
+        console.print("[yellow]machine is busy: multi-threaded timings will be erratic; "
+                      "compare with --threads 1 or OMP_WAIT_POLICY=PASSIVE[/]")
 
     table = Table(title="SAC updates per second (median of alternating blocks)")
     for col in ("P", "implementation", "updates/s", "seed-updates/s", "ms/update",

@@ -134,11 +134,18 @@ def test_batched_members_equal_separate_linear_networks() -> None:
     model = model.double()
     batched_dyn = model.dynamics(x.expand(4, 7, -1))
     batched_rew = model.reward_net(x.expand(4, 7, -1))
+    weights = torch.randn_like(batched_dyn)
+    (batched_dyn * weights).sum().backward()  # through the in-place ReLUs
     for e in range(4):
         dyn = _separate_mlp(model.dynamics, e).double()
         rew = _separate_mlp(model.reward_net, e).double()
-        torch.testing.assert_close(batched_dyn[e], dyn(x), rtol=1e-12, atol=1e-12)
+        out = dyn(x)
+        torch.testing.assert_close(batched_dyn[e], out, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(batched_rew[e], rew(x), rtol=1e-12, atol=1e-12)
+        (out * weights[e]).sum().backward()
+        for lin, sep in zip(model.dynamics.linears(), dyn[::2], strict=True):
+            torch.testing.assert_close(lin.weight.grad[e], sep.weight.grad.T)
+            torch.testing.assert_close(lin.bias.grad[e, 0], sep.bias.grad)
 
 
 def test_member_initialisation_is_per_member_and_seeded() -> None:
@@ -270,3 +277,12 @@ def test_terminated_uses_the_environment_rule() -> None:
     model.termination_fn = lambda o, a, n: n[:, 0] > 1.0
     assert model.terminated(torch.zeros(3, 11), torch.zeros(3, 3), next_obs).tolist() == [
         True, False, True]
+
+
+def test_predict_in_batches_matches_forward() -> None:
+    model = small_model()
+    obs, action = torch.randn(23, OBS_DIM), torch.randn(23, ACT_DIM)
+    whole = model(obs, action)
+    chunked = model.predict_in_batches(obs.numpy(), action.numpy(), batch_size=5)
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b)

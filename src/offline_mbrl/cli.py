@@ -283,33 +283,20 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent
     return run_main(body)
 
 
-# ---------------------------------------------------------------------- demo
-def demo_main(argv: Sequence[str] | None = None) -> int:
-    """The main job on an embedded default: a short online SAC run on Hopper, then a table."""
-    parser = OneLineParser(prog="ombrl demo", description="Short online SAC run on Hopper "
-                           "(a few minutes on 2 CPU cores) ending with an evaluation table.")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps_per_epoch", type=int, default=2000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    args = parser.parse_args(argv)
-    return train_main([
-        "--env_name", "hopper-v2", "--mode", "sac", "--exp_name", "demo-hopper-sac",
-        "--epochs", str(args.epochs), "--steps_per_epoch", str(args.steps_per_epoch),
-        "--random_steps", "1000", "--init_steps", "1000", "--test_episodes", "5",
-        "--seeds", *map(str, args.seeds), "--overwrite"], prog="ombrl demo")
-
-
 # ---------------------------------------------------------------------- ombrl
 # name -> (module, function, one-line description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("offline_mbrl.cli", "train_main", "train agents (same flags as train_agent.py)"),
     "evaluate": ("offline_mbrl.cli", "evaluate_main", "evaluate trained agents"),
-    "demo": ("offline_mbrl.cli", "demo_main", "the main job on an embedded default"),
+    "demo": ("offline_mbrl.pipeline", "main",
+             "the offline pipeline end to end on an embedded default (about 15 minutes)"),
     "datasets": ("offline_mbrl.data.commands", "main",
                  "download, collect, inspect, list and export datasets"),
     "train-model": ("offline_mbrl.scripts.train_environment_model", "main",
                     "train an environment model on a dataset"),
     "plot": ("offline_mbrl.scripts.plot", "main", "plot training curves and final scores"),
+    "tune": ("offline_mbrl.tuning.commands", "main",
+             "tune rollout length and pessimism with Ray Tune and Optuna"),
 }
 
 

@@ -33,7 +33,7 @@ class BehavioralCloning(nn.Module):
         self.actor.reset_parameters(member_generators(seeds, _POLICY_SALT))
         self.scaler = ActionScaler(torch.as_tensor(action_low), torch.as_tensor(action_high))
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr,
-                                                foreach=True)
+                                                fused=True)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True,

@@ -127,7 +127,9 @@ class Normalizer(nn.Module):
             reward: ``[N]``.
             range_obs: ``[M, obs_dim]`` observations that define the clipping range
                 (default ``obs`` and ``next_obs``); ``range_reward`` ``[M']`` likewise.
-            margin: the range is ``[min - margin·width, max + margin·width]``.
+            margin: the range is ``[min - margin·width, max + margin·width]`` with
+                ``width = max(max - min, 1)`` (the floor keeps near-constant columns from
+                pinning predictions to a single value).
         """
         obs, action, next_obs, reward = (t.to(self.obs_mean) for t in (obs, action, next_obs,
                                                                         reward))

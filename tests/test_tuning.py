@@ -1,0 +1,333 @@
+"""``ombrl tune``: the search space, the objective, and a tiny sweep on a loopback Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from offline_mbrl.cli import COMMANDS, build_train_parser, config_from_args
+from offline_mbrl.config import TrainerConfiguration
+from offline_mbrl.data.collect import collect_random
+from offline_mbrl.data.d4rl import write_d4rl_hdf5
+from offline_mbrl.errors import UserError
+from offline_mbrl.logging import read_progress
+from offline_mbrl.tuning.commands import config_from_tune_args, main, parse_overrides
+from offline_mbrl.tuning.search_space import Bounds, search_bounds
+from offline_mbrl.tuning.tune import EpochReportingTrainer, objective, row_score, trial_config
+
+NAME = "hopper-random-v2"
+STATS = {"aleatoric": {"mean": 0.01, "std": 0.02, "max": 0.5},
+         "epistemic": {"mean": 0.1, "std": 0.3, "max": 4.0},
+         "max_reward": 2.0}
+TINY = ["--set", "agent.hidden_layers=1", "agent.hidden_units=16", "agent.batch_size=32",
+        "max_episode_length=30", "rollout_every=10", "n_parallel_virtual_rollouts=4",
+        "env_model.n_networks=3", "env_model.n_hidden_layers=1", "env_model.n_hidden_units=16",
+        "env_model.reward_n_hidden_units=8", "env_model.max_number_of_training_epochs=2"]
+LENGTHS = Bounds(1, 20, integer=True)
+
+
+# ---------------------------------------------------------------------- search space
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("aleatoric-partitioning", {"rollout_length": LENGTHS,
+                                "ood_threshold": Bounds(0.01, 0.5, log=True)}),
+    ("epistemic-partitioning", {"rollout_length": LENGTHS,
+                                "ood_threshold": Bounds(0.1, 4.0, log=True)}),
+    ("aleatoric-penalty", {"rollout_length": LENGTHS, "pessimism": Bounds(0.0, 4.0)}),
+    ("epistemic-penalty", {"rollout_length": LENGTHS, "pessimism": Bounds(0.0, 0.5)}),
+])
+def test_search_bounds_from_statistics(mode, expected):
+    assert search_bounds(mode, STATS) == expected
+
+
+def test_search_bounds_refuses_empty_ranges():
+    with pytest.raises(UserError, match="no pessimism to tune"):
+        search_bounds("offline-sac", STATS)
+    flat = {**STATS, "epistemic": {"mean": 0.3, "std": 0.0, "max": 0.3}}
+    with pytest.raises(UserError, match="range \\[mean, max\\] is empty"):
+        search_bounds("epistemic-partitioning", flat)
+    with pytest.raises(UserError, match="positive largest reward"):
+        search_bounds("epistemic-penalty", {**STATS, "max_reward": -1.0})
+
+
+def test_library_spaces():
+    optuna = pytest.importorskip("optuna", reason="optuna is not installed (extra 'tune')")
+    pytest.importorskip("ray.tune", reason="ray[tune] is not installed (extra 'tune')")
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from ray.tune.search.sample import LogUniform, Uniform
+
+    from offline_mbrl.tuning.search_space import optuna_space, ray_space
+
+    assert optuna.__version__
+    bounds = search_bounds("aleatoric-partitioning", STATS)
+    assert optuna_space(bounds) == {"rollout_length": IntDistribution(1, 20),
+                                    "ood_threshold": FloatDistribution(0.01, 0.5, log=True)}
+    space = ray_space(search_bounds("epistemic-penalty", STATS))
+    length, penalty = space["rollout_length"], space["pessimism"]
+    assert (length.lower, length.upper) == (1, 21)  # Ray's upper bound is exclusive
+    assert (penalty.lower, penalty.upper) == (0.0, 0.5)
+    assert isinstance(penalty.get_sampler(), Uniform)
+    threshold = ray_space(bounds)["ood_threshold"]
+    assert (threshold.lower, threshold.upper) == (0.01, 0.5)
+    assert isinstance(threshold.get_sampler(), LogUniform)
+
+
+# ---------------------------------------------------------------------- objective, flags
+def test_objective_is_mean_over_members_and_last_k():
+    def row(score, ret=0.0):
+        return {"NormalizedTestScore": score, "AverageTestEpRet": ret}
+
+    history = [[row(0.0), row(100.0)], [row(1.0), row(3.0)], [row(5.0), row(7.0)]]
+    assert objective(history, last_k=2) == pytest.approx(4.0)
+    assert objective(history, last_k=3) == pytest.approx(116 / 6)
+    assert objective(history, last_k=10) == pytest.approx(116 / 6)
+    assert row_score(row(math.nan, ret=-150.0)) == -150.0  # no D4RL references
+    with pytest.raises(UserError, match="last_k"):
+        objective(history, last_k=0)
+
+
+def test_flags_and_set_overrides():
+    assert parse_overrides(["agent.hidden_units=16", "alpha_x=auto", "seeds=[1, 2]"]) == {
+        "agent": {"hidden_units": 16}, "alpha_x": "auto", "seeds": [1, 2]}
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_overrides(["agent.hidden_units"])
+    with pytest.raises(UserError, match="nested keys"):
+        parse_overrides(["foo.bar=1"])
+    from offline_mbrl.tuning.commands import build_parser
+
+    args = build_parser().parse_args(["--env_name", NAME, "--mode", "epistemic-penalty",
+                                      "--seeds", "0", "1", "--epochs", "3",
+                                      "--steps_per_epoch", "7", "--test_episodes", "2",
+                                      "--set", "agent.hidden_units=16", "agent.alpha=auto",
+                                      "--set", "max_episode_length=30"])
+    config = config_from_tune_args(args)
+    assert config.seeds == (0, 1) and config.offline_epochs == 3 and config.epochs == 3
+    assert config.steps_per_epoch == 7 and config.test_episodes == 2
+    assert config.agent.hidden_units == 16 and config.agent.alpha == "auto"
+    assert config.max_episode_length == 30
+    args = build_parser().parse_args(["--env_name", NAME, "--mode", "epistemic-penalty",
+                                      "--set", "no_such_field=1"])
+    with pytest.raises(UserError, match="no_such_field"):
+        config_from_tune_args(args)
+    trial = trial_config(config.model_dump(mode="json"), "sweep", 4,
+                         {"rollout_length": 7, "pessimism": 0.25})
+    assert trial.experiment_name == "sweep-trial4"
+    assert trial.rollout_length == (7,) and trial.pessimism == (0.25,)
+    assert "tune" in COMMANDS
+
+
+@pytest.mark.parametrize("missing", ["ray", "optuna"])
+def test_missing_extra_is_one_line(missing, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` fail
+    code = main(["--env_name", NAME, "--mode", "epistemic-penalty", "--trials", "2"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("error: ") and err.endswith("pip install 'offline_mbrl[tune]'")
+
+
+# ---------------------------------------------------------------------- tiny runs
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tuning")
+    (root / "datasets").mkdir()
+    write_d4rl_hdf5(collect_random(NAME, 400, seed=0), root / "datasets" / f"{NAME}.hdf5")
+    return root
+
+
+@contextlib.contextmanager
+def _environment(root: Path, models: Path | None = None):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMBRL_DATASETS_DIR", str(root / "datasets"))
+        mp.setenv("OMBRL_MODELS_DIR", str(models or root / "models"))
+        mp.setenv("OMBRL_DATA_DIR", str(root / "experiments"))
+        mp.setenv("OMBRL_OFFLINE", "1")
+        mp.setenv("COLUMNS", "300")
+        yield
+
+
+def test_epoch_hook_sees_each_epoch_after_its_checkpoint(tiny_data, tmp_path):
+    seen = []
+    with _environment(tiny_data, models=tmp_path / "models"):
+        config = TrainerConfiguration(
+            env_name=NAME, mode="epistemic-penalty", offline_epochs=2, steps_per_epoch=10,
+            test_episodes=1, max_episode_length=20, rollout_every=10,
+            n_parallel_virtual_rollouts=4, seeds=(0, 1), rollout_length=(2,),
+            pessimism=(0.5,), agent={"hidden_layers": 1, "hidden_units": 8, "batch_size": 16},
+            env_model={"n_networks": 2, "n_hidden_layers": 1, "n_hidden_units": 8,
+                       "reward_n_hidden_units": 8, "max_number_of_training_epochs": 1,
+                       "seed": 1})
+        trainer = EpochReportingTrainer(
+            config, progress=False, root=tmp_path,
+            on_epoch=lambda epoch, rows: seen.append(
+                (epoch, len(rows), all((d / "checkpoint.pt").is_file()
+                                       for d in trainer.run_dirs))))
+        trainer.run()
+    assert seen == [(1, 2, True), (2, 2, True)]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = {pid}, [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """Local addresses of the TCP sockets in LISTEN state that ``pids`` hold."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(int(link[8:-1]))
+    addresses = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or int(fields[9]) not in inodes:  # 0A: LISTEN
+                    continue
+                hex_ip, hex_port = fields[1].split(":")
+                # /proc prints each 32-bit word of the address in host (little-endian) order.
+                raw = b"".join(bytes.fromhex(hex_ip[i:i + 8])[::-1]
+                               for i in range(0, len(hex_ip), 8))
+                addresses.append(f"{socket.inet_ntop(family, raw)}:{int(hex_port, 16)}")
+    return addresses
+
+
+@pytest.fixture(scope="module")
+def loopback_ray():
+    """One embedded Ray for this module, bound to 127.0.0.1; shut down at the end."""
+    pytest.importorskip("ray.tune", reason="ray[tune] is not installed: the sweep needs the "
+                        "'tune' extra (pip install 'offline_mbrl[tune]')")
+    pytest.importorskip("optuna", reason="optuna is not installed: the sweep needs the 'tune' "
+                        "extra (pip install 'offline_mbrl[tune]')")
+    from offline_mbrl.tuning.tune import init_ray
+
+    started = init_ray(num_cpus=2)
+    import ray
+
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep(loopback_ray, tiny_data):
+    storage = tiny_data / "tuning"
+    argv = ["--env_name", NAME, "--mode", "epistemic-partitioning", "--trials", "2",
+            "--seeds", "0", "1", "--epochs", "2", "--steps_per_epoch", "20",
+            "--test_episodes", "1", "--asha", "--exp_name", "sweep", "--storage_path",
+            str(storage), "--no-progress", *TINY]
+    out, err = io.StringIO(), io.StringIO()
+    with _environment(tiny_data), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = main(argv)
+    listening = _listening_addresses(_descendants(os.getpid()))
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "root": tiny_data,
+            "storage": storage, "listening": listening, "argv": argv}
+
+
+def _table_rows(out: str) -> dict[int, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 7 and re.fullmatch(r"\d+( \*)?", cells[0]):
+            rows[int(cells[0].split()[0])] = cells
+    return rows
+
+
+def test_ray_listens_on_loopback_only(sweep):
+    assert sweep["listening"], "no listening Ray sockets found"
+    for address in sweep["listening"]:
+        host = address.rsplit(":", 1)[0]
+        assert host in ("127.0.0.1", "::ffff:127.0.0.1"), sweep["listening"]
+    import ray
+
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_sweep_results_table_and_run_dirs(sweep):
+    assert sweep["code"] == 0, sweep["err"]
+    out, root = sweep["out"], sweep["root"]
+    stats = json.loads((root / "models" / f"{NAME}-model.uncertainty.json").read_text())
+    bounds = search_bounds("epistemic-partitioning", stats)
+    low, high = bounds["ood_threshold"].low, bounds["ood_threshold"].high
+    assert f"ood_threshold log-uniform in [{low:.4g}, {high:.4g}]" in out
+    header = next(line for line in out.splitlines() if "rollout_length" in line and "┃" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == [
+        "trial", "rollout_length", "ood_threshold", "epochs", "score", "status",
+        "run directory"]
+    rows = _table_rows(out)
+    assert sorted(rows) == [0, 1]
+    model_path = str((root / "models" / f"{NAME}-model.pt").resolve())
+    for k, cells in rows.items():
+        exp_dir = root / "experiments" / f"sweep-trial{k}"
+        assert cells[6] == str(exp_dir.resolve())
+        epochs = int(cells[3].split("/")[0])
+        assert cells[3].endswith("/2") and 1 <= epochs <= 2
+        assert cells[5] in ("completed", "stopped early")
+        for seed in (0, 1):
+            run_dir = exp_dir / f"sweep-trial{k}-s{seed}"
+            config = json.loads((run_dir / "config.json").read_text())
+            assert config["seed"] == seed and config["experiment_name"] == f"sweep-trial{k}"
+            assert config["pretrained_env_model_path"] == model_path
+            assert 1 <= config["rollout_length"][0] <= 20
+            assert low <= config["ood_threshold"][0] <= high
+            assert f"{config['rollout_length'][0]}" == cells[1]
+            assert f"{config['ood_threshold'][0]:.4g}" == cells[2]
+            assert (run_dir / "checkpoint.pt").is_file()
+            assert read_progress(run_dir / "progress.txt")["Epoch"] == \
+                list(map(float, range(1, epochs + 1)))
+    assert any(cells[5] == "completed" for cells in rows.values())
+
+
+def test_best_hyperparameters_file_is_accepted(sweep):
+    assert sweep["code"] == 0, sweep["err"]
+    best_file = sweep["storage"] / "sweep" / "best_hyperparameters.json"
+    best = json.loads(best_file.read_text())
+    assert best["mode"] == "epistemic-partitioning" and best["env_name"] == NAME
+    assert set(best["hyperparameters"]) == {"rollout_length", "ood_threshold"}
+    rows = _table_rows(sweep["out"])
+    starred = [k for k, cells in rows.items() if cells[0].endswith("*")]
+    assert starred == [best["trial"]]
+    assert f"{best['score']:.4g}" == rows[best["trial"]][4]
+    assert rows[best["trial"]][5] == "completed"
+    args = build_train_parser().parse_args(["--env_name", NAME, "--mode",
+                                            "epistemic-partitioning", "--hyperparameters",
+                                            str(best_file)])
+    config = config_from_args(args)
+    assert config.rollout_length == tuple(best["hyperparameters"]["rollout_length"])
+    assert config.ood_threshold == tuple(best["hyperparameters"]["ood_threshold"])
+    run = json.loads((sweep["root"] / "experiments" / f"sweep-trial{best['trial']}" /
+                      f"sweep-trial{best['trial']}-s0" / "config.json").read_text())
+    assert run["ood_threshold"] == best["hyperparameters"]["ood_threshold"]
+
+
+def test_existing_sweep_is_not_clobbered(sweep, capsys):
+    assert sweep["code"] == 0, sweep["err"]
+    with _environment(sweep["root"]):
+        assert main(sweep["argv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists: pass --overwrite" in err and "\n" not in err
