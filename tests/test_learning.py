@@ -15,7 +15,6 @@ from offline_mbrl.data.d4rl import write_d4rl_hdf5
 from offline_mbrl.train import Trainer
 
 RANDOM_PENDULUM_RETURN = -1200.0
-SMALL_AGENT = {"hidden_layers": 2, "hidden_units": 64, "batch_size": 128}
 
 
 def swing_up_controller(noise: float, seed: int):
@@ -35,12 +34,24 @@ def swing_up_controller(noise: float, seed: int):
 
 @pytest.fixture(scope="module")
 def pendulum_dataset(tmp_path_factory):
-    """Twenty noisy demonstrations (4,000 transitions) from the swing-up controller."""
-    dataset = rollout_policy("Pendulum-v1", swing_up_controller(noise=0.8, seed=0), 4000,
-                             seed=0, protocol="swing-up-controller")
+    """A replay-like mix (8,000 transitions): episodes of the swing-up controller with
+    action noise from mild to overwhelming, so that the data covers good and bad actions."""
+    parts = [rollout_policy("Pendulum-v1", swing_up_controller(noise=noise, seed=i), 1000,
+                            seed=i, protocol="swing-up-controller")
+             for i, noise in enumerate((0.2, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0))]
+    dataset = concatenate(parts)
     path = tmp_path_factory.mktemp("pendulum") / "pendulum.hdf5"
     write_d4rl_hdf5(dataset, path)
     return path
+
+
+def concatenate(parts):
+    from offline_mbrl.data.dataset import OfflineDataset
+
+    fields = ("observations", "actions", "rewards", "next_observations", "terminals",
+              "timeouts")
+    return OfflineDataset(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields),
+                          name="pendulum-mix")
 
 
 @pytest.fixture()
@@ -58,7 +69,7 @@ def final_return(config: TrainerConfiguration) -> float:
 def test_online_sac_learns_pendulum(dirs):
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode="sac", online_epochs=5, steps_per_epoch=1000,
-        random_steps=1000, init_steps=1000, test_episodes=5, agent=SMALL_AGENT))
+        random_steps=1000, init_steps=1000, test_episodes=5))
     assert score > -700, score
 
 
@@ -71,7 +82,7 @@ def test_offline_modes_learn_from_pendulum_demonstrations(mode, threshold, dirs,
                                                            pendulum_dataset):
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode=mode, dataset=str(pendulum_dataset), offline_epochs=3,
-        steps_per_epoch=1000, test_episodes=5, agent=SMALL_AGENT, rollout_length=(3,),
+        steps_per_epoch=1000, test_episodes=5, rollout_length=(3,),
         rollout_every=100, n_parallel_virtual_rollouts=20, real_ratio=0.5,
         env_model={"n_networks": 5, "n_hidden_units": 64, "reward_n_hidden_units": 32,
                    "max_number_of_training_epochs": 30}))

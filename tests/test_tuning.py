@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from offline_mbrl.cli import COMMANDS, build_train_parser, config_from_args
 from offline_mbrl.config import TrainerConfiguration
@@ -20,9 +22,10 @@ from offline_mbrl.data.collect import collect_random
 from offline_mbrl.data.d4rl import write_d4rl_hdf5
 from offline_mbrl.errors import UserError
 from offline_mbrl.logging import read_progress
+from offline_mbrl.train import Trainer
 from offline_mbrl.tuning.commands import config_from_tune_args, main, parse_overrides
 from offline_mbrl.tuning.search_space import Bounds, search_bounds
-from offline_mbrl.tuning.tune import EpochReportingTrainer, objective, row_score, trial_config
+from offline_mbrl.tuning.tune import objective, row_score, trial_config
 
 NAME = "hopper-random-v2"
 STATS = {"aleatoric": {"mean": 0.01, "std": 0.02, "max": 0.5},
@@ -124,6 +127,23 @@ def test_flags_and_set_overrides():
     assert "tune" in COMMANDS
 
 
+def test_sweep_options_are_checked_before_any_work(tmp_path):
+    pytest.importorskip("ray.tune", reason="ray[tune] is not installed (extra 'tune')")
+    pytest.importorskip("optuna", reason="optuna is not installed (extra 'tune')")
+    from offline_mbrl.tuning.tune import TuneOptions, tune_hyperparameters
+
+    config = TrainerConfiguration(env_name=NAME, mode="epistemic-penalty", offline_epochs=2)
+    cases = [(TuneOptions(asha=True, grace_period=3), "grace_period"),
+             (TuneOptions(trials=0), "--trials"),
+             (TuneOptions(exp_name="../x"), "plain directory name")]
+    for options, message in cases:
+        with pytest.raises(UserError, match=message):
+            tune_hyperparameters(config, dataclasses.replace(options, root=tmp_path))
+    with pytest.raises(UserError, match="what the sweep tunes"):
+        tune_hyperparameters(config.model_copy(update={"pessimism": (1.0,)}), TuneOptions())
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("missing", ["ray", "optuna"])
 def test_missing_extra_is_one_line(missing, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` fail
@@ -165,13 +185,23 @@ def test_epoch_hook_sees_each_epoch_after_its_checkpoint(tiny_data, tmp_path):
             env_model={"n_networks": 2, "n_hidden_layers": 1, "n_hidden_units": 8,
                        "reward_n_hidden_units": 8, "max_number_of_training_epochs": 1,
                        "seed": 1})
-        trainer = EpochReportingTrainer(
-            config, progress=False, root=tmp_path,
-            on_epoch=lambda epoch, rows: seen.append(
-                (epoch, len(rows), all((d / "checkpoint.pt").is_file()
-                                       for d in trainer.run_dirs))))
-        trainer.run()
-    assert seen == [(1, 2, True), (2, 2, True)]
+        trainer = Trainer(config, progress=False, root=tmp_path)
+        trainer.run(on_epoch=lambda epoch, rows: seen.append(
+            (epoch, len(rows), all((d / "checkpoint.pt").is_file() for d in trainer.run_dirs),
+             torch.load(trainer.run_dirs[0] / "checkpoint.pt", weights_only=True)
+             ["counters"]["epoch"])))
+    assert seen == [(1, 2, True, 1), (2, 2, True, 2)]
+
+
+def test_epoch_hook_can_stop_training(tiny_data, tmp_path):
+    with _environment(tiny_data, models=tmp_path / "models"):
+        config = TrainerConfiguration(
+            env_name=NAME, mode="offline-sac", offline_epochs=5, steps_per_epoch=5,
+            test_episodes=1, max_episode_length=20,
+            agent={"hidden_layers": 1, "hidden_units": 8, "batch_size": 16})
+        trainer = Trainer(config, progress=False, root=tmp_path)
+        rows = trainer.run(on_epoch=lambda epoch, rows: epoch == 2)
+    assert rows[0]["Epoch"] == 2 and trainer.epoch == 2
 
 
 def _descendants(pid: int) -> set[int]:

@@ -14,7 +14,6 @@ cores; ``--scale`` shrinks or grows every budget together.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path

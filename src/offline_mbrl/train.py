@@ -181,6 +181,8 @@ class Trainer:
                 write_config(run_dir, self.member_config(seed))
         self.loggers = [RunLogger(d, resume_epochs=self.epoch if resuming else None)
                         for d in self.run_dirs]
+        self._envs: Any = None
+        self._env_state: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
     def _check_mode(self) -> None:
@@ -282,7 +284,10 @@ class Trainer:
         rollout_length = self._per_member("rollout_length", lengths).long()
         penalty = torch.zeros(self.P, device=self.device)
         threshold = torch.full((self.P,), math.inf, device=self.device)
-        max_reward = float(np.max(self.offline_dataset.rewards)) if not self.online else 0.0
+        # R_max as the largest reward *magnitude*: the same as the largest reward on the
+        # locomotion datasets, and still a penalty where rewards are negative (Pendulum).
+        max_reward = (float(np.max(np.abs(self.offline_dataset.rewards)))
+                      if not self.online else 0.0)
         if mode.endswith("-penalty") or mode.endswith("-partitioning"):
             given = config.pessimism if mode.endswith("-penalty") else config.ood_threshold
             if given is None and tuned is not None:
@@ -414,13 +419,13 @@ class Trainer:
             self.total_updates += 1
 
     def _online_epoch(self, envs: Any, state: dict[str, Any], metrics: EpochMetrics,
-                      tick: Callable[[], None]) -> None:
+                      tick: Callable[[], None], steps: int) -> None:
         config = self.config
         replay = self.replay
         assert replay is not None
         real = lambda n: replay.sample(n, self.rngs["data"])  # noqa: E731
         source = self._mixed_source(real)
-        for _ in range(config.steps_per_epoch):
+        for _ in range(steps):
             for _ in range(config.env_interactions_per_step):
                 obs = state["obs"]
                 if self.total_env_steps < config.random_steps:
@@ -452,12 +457,13 @@ class Trainer:
                 self._update(source, metrics)
             tick()
 
-    def _offline_epoch(self, metrics: EpochMetrics, tick: Callable[[], None]) -> None:
+    def _offline_epoch(self, metrics: EpochMetrics, tick: Callable[[], None], steps: int
+                       ) -> None:
         dataset = self.dataset
         assert dataset is not None
         real = lambda n: dataset.sample(n, self.rngs["data"])  # noqa: E731
         source = self._mixed_source(real)
-        for _ in range(self.config.steps_per_epoch):
+        for _ in range(steps):
             if self.model_based and self._rollout_due():
                 # Rollouts start from dataset observations, drawn uniformly.
                 self._rollout_round(real)
@@ -487,19 +493,59 @@ class Trainer:
             f"checkpoint in {self.run_dirs[0].parent} is kept: lower the learning rate or check "
             "the data for extreme values, then --resume")
 
-    def run(self) -> list[dict[str, float]]:
-        """Train to ``config.epochs``; returns the last logged row of every member."""
+    def _open_envs(self) -> None:
+        """Online modes: the population's training environments, one per member."""
+        if not self.online or self._envs is not None:
+            return
+        self._envs = make_vector_env(self.config.env_name, self.P, self.config.max_episode_length)
+        # Resumed runs start fresh episodes; seeds move on so they are not replays.
+        obs, _ = self._envs.reset(seed=[s * 1000 + self.epoch for s in self.seeds])
+        self._env_state["obs"] = torch.as_tensor(obs, dtype=torch.float32,
+                                                 device=self.device)[:, None]
+
+    def train_epoch(self, tick: Callable[[], None] | None = None,
+                    steps: int | None = None) -> dict[str, np.ndarray]:
+        """One epoch of training steps (no evaluation, logging or checkpoint).
+
+        Args:
+            tick: called after every training step (progress display).
+            steps: training steps instead of ``steps_per_epoch`` (benchmarks, tests).
+
+        Returns:
+            Means of the update metrics over the epoch, ``{name: [P]}``.
+
+        Raises:
+            NonFiniteError: a loss or parameter became NaN or infinite.
+        """
+        self._open_envs()
+        metrics = EpochMetrics()
+        updates_before = self.total_updates
+        tick = tick or (lambda: None)
+        steps = self.config.steps_per_epoch if steps is None else steps
+        if self.online:
+            self._online_epoch(self._envs, self._env_state, metrics, tick, steps)
+        else:
+            self._offline_epoch(metrics, tick, steps)
+        means, first_bad = metrics.read()
+        self._check_finite(first_bad, updates_before)
+        return means
+
+    def run(self, on_epoch: Callable[[int, list[dict[str, float]]], bool | None] | None = None
+            ) -> list[dict[str, float]]:
+        """Train to ``config.epochs``, evaluating, logging and checkpointing each epoch.
+
+        Args:
+            on_epoch: called with ``(epoch, rows)`` after each epoch's log and checkpoint
+                (rows: one progress row per member); returning True stops training
+                (early stopping, sweeps).
+
+        Returns:
+            The last logged row of every member.
+        """
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         config = self.config
         epochs = config.epochs
-        envs = None
-        state: dict[str, Any] = {}
-        if self.online:
-            envs = make_vector_env(config.env_name, self.P, config.max_episode_length)
-            # Resumed runs start fresh episodes; seeds move on so they are not replays.
-            obs, _ = envs.reset(seed=[s * 1000 + self.epoch for s in self.seeds])
-            state["obs"] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[:, None]
         last_rows: list[dict[str, float]] = []
         start_time = time.time()
         progress = Progress(
@@ -513,8 +559,6 @@ class Trainer:
                 task = progress.add_task(f"{config.env_name} {config.mode}", total=epochs,
                                          completed=self.epoch, speed=0.0, ret="-")
                 while self.epoch < epochs:
-                    metrics = EpochMetrics()
-                    updates_before = self.total_updates
                     epoch_start = time.time()
                     steps_done = [0]
 
@@ -525,26 +569,32 @@ class Trainer:
                             speed = steps_done[0] / max(time.time() - epoch_start, 1e-9)
                             progress.update(task, speed=speed)
 
-                    if self.online:
-                        self._online_epoch(envs, state, metrics, tick)
-                    else:
-                        self._offline_epoch(metrics, tick)
-                    means, first_bad = metrics.read()
-                    self._check_finite(first_bad, updates_before)
+                    means = self.train_epoch(tick)
                     self.epoch += 1
                     result = self.evaluate()
                     last_rows = self._log_epoch(result, means, time.time() - start_time)
                     self.rollout_stats, self.rollout_rounds = {}, 0
-                    if self.epoch % config.save_frequency == 0 or self.epoch == epochs:
+                    # With a callback the checkpoint comes first: a sweep scheduler may end the
+                    # process inside the callback, and the run directory must be complete.
+                    if (self.epoch % config.save_frequency == 0 or self.epoch == epochs
+                            or on_epoch is not None):
                         self.save()
+                    stop = bool(on_epoch(self.epoch, last_rows)) if on_epoch else False
                     mean_return = np.mean([r["AverageTestEpRet"] for r in last_rows])
                     progress.update(task, completed=self.epoch, ret=f"{mean_return:.1f}")
+                    if stop:
+                        break
         finally:
-            for logger in self.loggers:
-                logger.close()
-            if envs is not None:
-                envs.close()
+            self.close()
         return last_rows
+
+    def close(self) -> None:
+        """Release loggers and environments (``run`` does this itself)."""
+        for logger in self.loggers:
+            logger.close()
+        if self._envs is not None:
+            self._envs.close()
+            self._envs = None
 
     def _log_epoch(self, result: Any, means: dict[str, np.ndarray], elapsed: float
                    ) -> list[dict[str, float]]:

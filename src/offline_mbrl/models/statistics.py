@@ -33,7 +33,8 @@ def compute_uncertainty_statistics(model: EnvironmentModel, dataset: OfflineData
         u = dataset_uncertainty(model, dataset.observations, dataset.actions, kind)
         u = u.double().cpu().numpy()
         stats[kind] = {"mean": float(u.mean()), "std": float(u.std()), "max": float(u.max())}
-    stats["max_reward"] = float(np.max(dataset.rewards))
+    # Largest reward magnitude (the largest reward on the locomotion datasets; see train.py).
+    stats["max_reward"] = float(np.max(np.abs(dataset.rewards)))
     stats["n_samples"] = len(dataset)
     stats["dataset_hash"] = dataset.content_hash()
     return stats

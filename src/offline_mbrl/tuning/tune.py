@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -142,35 +141,6 @@ def objective_name(env_name: str) -> str:
     return "NormalizedTestScore" if family in D4RL_REFERENCE_RETURNS else "AverageTestEpRet"
 
 
-class EpochReportingTrainer(Trainer):
-    """A :class:`Trainer` that calls ``on_epoch(epoch, member_rows)`` after every epoch.
-
-    The epoch's checkpoint is written before the call, so a trial that a scheduler stops
-    inside the call leaves complete run directories. (Stand-in for a ``run(on_epoch=...)``
-    hook of :class:`Trainer`.)
-    """
-
-    def __init__(self, *args: Any,
-                 on_epoch: Callable[[int, list[dict[str, float]]], None] | None = None,
-                 **kwargs: Any) -> None:
-        self._saved_epoch: int | None = None
-        self.on_epoch = on_epoch
-        super().__init__(*args, **kwargs)
-
-    def _log_epoch(self, result: Any, means: Any, elapsed: float) -> list[dict[str, float]]:
-        rows = super()._log_epoch(result, means, elapsed)
-        if self.on_epoch is not None:
-            self.save()
-            self.on_epoch(self.epoch, rows)
-        return rows
-
-    def save(self) -> None:
-        if self._saved_epoch == self.epoch:
-            return
-        super().save()
-        self._saved_epoch = self.epoch
-
-
 # ---------------------------------------------------------------------- trials
 def trial_experiment_name(exp_name: str, trial: int) -> str:
     return f"{exp_name}-trial{trial}"
@@ -206,8 +176,8 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
         tune.report({METRIC: objective(history, setup["last_k"]), "epoch_score": epoch_score,
                      "epoch": epoch, "trial": trial})
 
-    EpochReportingTrainer(config, overwrite=setup["overwrite"], progress=False,
-                          root=Path(setup["root"]), on_epoch=on_epoch).run()
+    Trainer(config, overwrite=setup["overwrite"], progress=False,
+            root=Path(setup["root"])).run(on_epoch=on_epoch)
 
 
 class DefineByRun:
@@ -343,7 +313,9 @@ def _error_line(error: BaseException | None) -> str | None:
     if error is None:
         return None
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:200]
+    last = lines[-1] if lines else type(error).__name__
+    # Ray's wrapped errors end with "package.module.SomeError: message".
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)[:300]
 
 
 def _print_progress(message: str) -> None:
@@ -396,6 +368,12 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
         raise UserError(f"--last_k must be at least 1, got {options.last_k}")
     if options.cpus_per_trial <= 0:
         raise UserError(f"--cpus_per_trial must be positive, got {options.cpus_per_trial}")
+    epochs = config.epochs
+    if options.asha and not 1 <= options.grace_period <= epochs:
+        raise UserError(f"--grace_period must be between 1 and the {epochs} epochs of a trial, "
+                        f"got {options.grace_period}")
+    if options.asha and options.reduction_factor <= 1:
+        raise UserError(f"--reduction_factor must be above 1, got {options.reduction_factor}")
     device = resolve_device(config.device)
     exp_name = options.exp_name or default_exp_name(config)
     if not re.fullmatch(r"[\w.+=-]+", exp_name):
@@ -406,13 +384,12 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
     storage_dir = storage / exp_name
     _claim(storage_dir, root, exp_name, options.overwrite)
 
-    if config.dataset is not None and ":" not in config.dataset:
+    if config.dataset is not None and not config.dataset.startswith("minari:"):
         config = config.model_copy(update={"dataset": str(Path(config.dataset).resolve())})
     model_path, stats = prepare_environment_model(config, progress=progress)
     bounds = search_bounds(config.mode, stats)
     parameter = pessimism_parameter(config.mode)
     config = config.model_copy(update={"pretrained_env_model_path": str(model_path)})
-    epochs = config.epochs
 
     gpus = options.gpus_per_trial
     if gpus is None:
@@ -435,8 +412,6 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
                                  seed=options.search_seed)
     scheduler = None
     if options.asha:
-        if options.grace_period < 1 or options.grace_period > epochs:
-            raise UserError(f"--grace_period must be between 1 and the {epochs} epochs")
         scheduler = libs.ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                        grace_period=options.grace_period,
                                        reduction_factor=options.reduction_factor)
