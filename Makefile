@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" || $(BIN)/python -m pip install --quiet "torch>=2.4,<2.15"
-	$(BIN)/python -m pip install --quiet -e ".[dev,minari]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,minari,tune]"
 	touch $@
 
 install: $(VENV)/.installed
