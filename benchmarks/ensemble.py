@@ -108,8 +108,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
     return float(np.median(times))
 
 
-def bench_device(device: torch.device, n_networks: int, batch: int, predict_batch: int,
-                 steps: int) -> list[tuple[str, float, float]]:
+def bench_device(device: torch.device, n_networks: int, batch: int,
+                 predict_batches: list[int], steps: int) -> list[tuple[str, float, float]]:
     """``[(what, batched samples/s, loop samples/s)]`` for training and prediction."""
     torch.manual_seed(0)
     n_in = OBS_DIM + ACT_DIM
@@ -138,23 +138,29 @@ def bench_device(device: torch.device, n_networks: int, batch: int, predict_batc
             loss.backward()
             opt_l.step()
 
-    px = torch.randn(predict_batch, n_in, device=device)
-
-    @torch.no_grad()
-    def predict_batched() -> None:
-        batched.forward_normalized(px)
-
-    @torch.no_grad()
-    def predict_loop() -> None:
-        loop.predict(px)
-
     rows = []
     t_b = timed(train_batched, device, repeats=3, warmup=1)
     t_l = timed(train_loop, device, repeats=3, warmup=1)
     rows.append((f"training (batch {batch})", steps * batch / t_b, steps * batch / t_l))
-    t_b = timed(predict_batched, device, repeats=7, warmup=2)
-    t_l = timed(predict_loop, device, repeats=7, warmup=2)
-    rows.append((f"prediction (batch {predict_batch})", predict_batch / t_b, predict_batch / t_l))
+    for predict_batch in predict_batches:
+        px = torch.randn(predict_batch, n_in, device=device)
+        # Repeat small batches so that each timing round lasts long enough to measure.
+        rounds = max(1, 8192 // predict_batch)
+
+        @torch.no_grad()
+        def predict_batched(px: torch.Tensor = px, rounds: int = rounds) -> None:
+            for _ in range(rounds):
+                batched.forward_normalized(px)
+
+        @torch.no_grad()
+        def predict_loop(px: torch.Tensor = px, rounds: int = rounds) -> None:
+            for _ in range(rounds):
+                loop.predict(px)
+
+        t_b = timed(predict_batched, device, repeats=7, warmup=2)
+        t_l = timed(predict_loop, device, repeats=7, warmup=2)
+        n = predict_batch * rounds
+        rows.append((f"prediction (batch {predict_batch})", n / t_b, n / t_l))
     return rows
 
 
@@ -180,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n_networks", type=int, default=7)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--predict_batch", type=int, default=10_000)
+    parser.add_argument("--predict_batch", type=int, nargs="+", default=[50, 2048],
+                        help="prediction batch sizes (rollouts use small ones)")
     parser.add_argument("--steps", type=int, default=30, help="training steps per timing round")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", action="append", default=None,

@@ -63,3 +63,14 @@ def test_script_writes_gif_and_png_without_display(
 def test_bad_arguments_are_user_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert toy.main(["--steps", "0", "--no-show"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_display_without_interactive_backend_falls_back_to_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DISPLAY", ":99")  # the backend stays Agg (set above): no live window
+    assert toy.main(["--steps", "2", "--steps_per_plot", "5", "--n_networks", "2",
+                     "--n_points", "10", "--out", str(tmp_path)]) == 0
+    assert "animation:" in capsys.readouterr().out
+    with Image.open(tmp_path / "toy-ensemble.gif") as image:
+        assert image.n_frames == 1

@@ -133,6 +133,9 @@ class TrainerConfiguration(_Frozen):
     """Write a checkpoint every this many epochs (and always after the last)."""
     device: str = "cpu"
     """Torch device: cpu, cuda or cuda:N."""
+    compile: bool = False
+    """Compile the networks with torch.compile; on CUDA with mode reduce-overhead, which
+    captures them as CUDA graphs (the fast path on GPUs; on CPU eager is usually faster)."""
     experiment_name: str | None = None
     """Experiment directory name; default <env_name>-<mode>."""
     dataset: str | None = None

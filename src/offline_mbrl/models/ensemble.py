@@ -341,7 +341,8 @@ class EnvironmentModel(nn.Module):
     def forward_normalized(self, x: torch.Tensor) -> EnsembleOutput:
         """Networks on standardised inputs ``[B, in]`` or ``[E, B, in]``."""
         if x.dim() == 2:
-            x = x.expand(self.n_networks, *x.shape)
+            # A materialised copy: baddbmm is slower on a stride-0 batch dimension.
+            x = x.expand(self.n_networks, *x.shape).contiguous()
         elif x.dim() != 3 or x.shape[0] != self.n_networks:
             raise ValueError(
                 f"expected inputs [B, in] or [{self.n_networks}, B, in], got {tuple(x.shape)}"
@@ -452,7 +453,7 @@ class EnvironmentModel(nn.Module):
     @torch.no_grad()
     def predict_in_batches(
         self, obs: torch.Tensor | np.ndarray, action: torch.Tensor | np.ndarray,
-        batch_size: int = 8192,
+        batch_size: int = 2048,
     ) -> EnsembleOutput:
         """:meth:`forward` over a large ``[N, ...]`` set in chunks, without gradients."""
         device = self.elites.device

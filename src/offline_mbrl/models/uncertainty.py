@@ -101,7 +101,7 @@ def dataset_uncertainty(
     obs: torch.Tensor | np.ndarray,
     action: torch.Tensor | np.ndarray,
     kind: UncertaintyKind,
-    batch_size: int = 8192,
+    batch_size: int = 2048,
     elites_only: bool = True,
 ) -> torch.Tensor:
     """``[N]`` uncertainty of ``model`` at every ``(obs, action)`` pair, computed in chunks.
