@@ -133,3 +133,31 @@ def test_resume_after_kill_mid_epoch(data_dir):
     state = torch.load(progress.parent / "checkpoint.pt", weights_only=True)
     assert state["counters"]["epoch"] == 3
     assert state["counters"]["total_env_steps"] == 1200
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(data_dir, monkeypatch):
+    from offline_mbrl.config import TrainerConfiguration
+    from offline_mbrl.errors import NonFiniteError
+    from offline_mbrl.train import Trainer
+
+    config = TrainerConfiguration(env_name="Pendulum-v1", mode="sac", online_epochs=3,
+                                  steps_per_epoch=20, random_steps=5, init_steps=5,
+                                  test_episodes=1, agent={"hidden_layers": 1,
+                                                          "hidden_units": 8, "batch_size": 8})
+    trainer = Trainer(config, progress=False)
+    original = trainer.agent.update
+    calls = [0]
+
+    def poisoned(batch, rng):
+        calls[0] += 1
+        metrics = original(batch, rng)
+        if calls[0] >= 20:  # the 5th update of epoch 2 (16 updates in epoch 1)
+            metrics["LossQ"] = metrics["LossQ"] * float("nan")
+        return metrics
+
+    monkeypatch.setattr(trainer.agent, "update", poisoned)
+    with pytest.raises(NonFiniteError, match="at update 20 .epoch 2.") as error:
+        trainer.run()
+    assert "\n" not in str(error.value)
+    state = torch.load(trainer.run_dirs[0] / "checkpoint.pt", weights_only=True)
+    assert state["counters"]["epoch"] == 1

@@ -84,36 +84,41 @@ def agent_kind(mode: str) -> str:
 
 @dataclass
 class EpochMetrics:
-    """Sums of per-update metrics over an epoch, kept on the device until read."""
+    """Sums of per-update metrics over an epoch, kept on the device until read.
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    A handful of tensor ops per update and no host synchronisation: the metrics are
+    stacked into one ``[M, P]`` tensor and added to a float64 sum (thousands of float32
+    additions would drift visibly). ``finite_prefix`` counts the updates before the first
+    non-finite one, so the failing update can be named once the epoch is read.
+    """
+
+    keys: list[str] = field(default_factory=list)
+    total: torch.Tensor | None = None
     count: int = 0
     finite_prefix: torch.Tensor | None = None
     still_finite: torch.Tensor | None = None
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        finite = torch.stack([torch.isfinite(v).all() for v in metrics.values()]).all()
-        if self.still_finite is None:
+        stacked = torch.stack(list(metrics.values())).double()
+        finite = torch.isfinite(stacked.sum())
+        if self.total is None:
+            self.keys = list(metrics)
+            self.total = stacked
             self.still_finite = finite
             self.finite_prefix = finite.long()
         else:
-            self.still_finite = self.still_finite & finite
-            self.finite_prefix = self.finite_prefix + self.still_finite.long()
-        for key, value in metrics.items():
-            # float64 sums: thousands of float32 additions would drift visibly.
-            value = value.double()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.total += stacked
+            self.still_finite &= finite
+            self.finite_prefix += self.still_finite
         self.count += 1
 
     def read(self) -> tuple[dict[str, np.ndarray], int | None]:
         """Means ``{name: [P]}`` and the index of the first non-finite update, if any."""
-        if self.count == 0:
+        if self.total is None:
             return {}, None
-        means = {k: (v / self.count).cpu().numpy() for k, v in self.sums.items()}
-        first_bad = None
-        if not bool(self.still_finite):
-            first_bad = int(self.finite_prefix)
-        return means, first_bad
+        means = (self.total / self.count).cpu().numpy()
+        first_bad = None if bool(self.still_finite) else int(self.finite_prefix)
+        return dict(zip(self.keys, means, strict=True)), first_bad
 
 
 class Trainer:
