@@ -123,3 +123,17 @@ def test_penalty_in_rollouts_equals_lambda_times_model_uncertainty(unc):
     u = uncertainty(unc, outputs, model.normalizer, model.elites).view(2, 5)
     assert (u > 0).all()
     torch.testing.assert_close(a["reward"] - b["reward"], torch.tensor([[2.0], [0.5]]) * u)
+
+
+def test_chunked_rollouts_keep_layout_and_lengths():
+    start = torch.randn(2, 5, OBS)
+    p = pessimism("none", lengths=(2, 3))
+    whole = rollout(small_model(), small_agent(), start, p, TransitionLayout(OBS, ACT),
+                    PopulationRNG((0, 1)), n_active=torch.tensor([5, 3]))
+    chunked = rollout(small_model(), small_agent(), start, p, TransitionLayout(OBS, ACT),
+                      PopulationRNG((0, 1)), n_active=torch.tensor([5, 3]), chunk=2)
+    assert torch.equal(whole.valid, chunked.valid)
+    assert whole.valid.sum(1).tolist() == [10, 9]
+    rows = chunked.rows.view(2, 3, 5, -1)
+    assert torch.equal(rows[:, 0, :, :OBS], start)
+    assert chunked.stats["RolloutLength"].tolist() == [2.0, 3.0]
