@@ -185,7 +185,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train_agent.py") 
         rows = trainer.run()
         table = Table(title=f"{config.env_name} {config.mode}: final evaluation")
         for column in ("seed", "return", "std", "normalised score", "run directory"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for seed, row, run_dir in zip(trainer.seeds, rows, trainer.run_dirs, strict=True):
             score = row["NormalizedTestScore"]
             table.add_row(str(seed), f"{row['AverageTestEpRet']:.1f}",
@@ -247,7 +247,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent
         table = Table(title="Evaluation")
         for column in ("run", "episodes", "mean return", "std", "min", "max", "length",
                        "normalised score"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for run_dir in _run_dirs_under(Path(args.exp_path)):
             agent = load_agent(run_dir, device=args.device)
             env_name = args.env_name or agent.env_name
