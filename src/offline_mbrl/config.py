@@ -133,6 +133,9 @@ class TrainerConfiguration(_Frozen):
     """Write a checkpoint every this many epochs (and always after the last)."""
     device: str = "cpu"
     """Torch device: cpu, cuda or cuda:N."""
+    threads: PositiveInt | None = None
+    """CPU threads for torch (default: torch's choice, one per core). On a machine shared with
+    other busy processes, 1 avoids OpenMP threads spinning against each other."""
     compile: bool = False
     """Compile the networks with torch.compile; on CUDA with mode reduce-overhead, which
     captures them as CUDA graphs (the fast path on GPUs; on CPU eager is usually faster)."""

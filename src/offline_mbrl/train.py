@@ -137,6 +137,8 @@ class Trainer:
                  ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         self.spec = get_env_spec(config.env_name)
         self.seeds = config.population_seeds
         self.P = len(self.seeds)
