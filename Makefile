@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first and pinned: on machines with a local CPU wheel this avoids a multi-GB CUDA download.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean render-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/ombrl demo
 
-test: install
+# Headless rendering libraries (EGL); installs only what is missing, and only as root.
+render-deps:
+	-bash scripts/install_render_deps.sh
+
+test: install render-deps
 	MUJOCO_GL=egl $(BIN)/python -m pytest -q
 
 lint: install
