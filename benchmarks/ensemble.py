@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+import os
 import platform
 import sys
 import time
@@ -94,18 +95,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median seconds per call over ``repeats`` rounds after ``warmup`` calls."""
+def timed_pair(first: Callable[[], object], second: Callable[[], object],
+               device: torch.device, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median seconds per call of ``first`` and ``second``, timed in alternating rounds so
+    that a change in machine load affects both alike."""
     for _ in range(warmup):
-        fn()
+        first()
+        second()
     _sync(device)
-    times = []
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for fn, out in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def bench_device(device: torch.device, n_networks: int, batch: int,
@@ -139,8 +144,7 @@ def bench_device(device: torch.device, n_networks: int, batch: int,
             opt_l.step()
 
     rows = []
-    t_b = timed(train_batched, device, repeats=3, warmup=1)
-    t_l = timed(train_loop, device, repeats=3, warmup=1)
+    t_b, t_l = timed_pair(train_batched, train_loop, device, repeats=5, warmup=1)
     rows.append((f"training (batch {batch})", steps * batch / t_b, steps * batch / t_l))
     for predict_batch in predict_batches:
         px = torch.randn(predict_batch, n_in, device=device)
@@ -157,8 +161,7 @@ def bench_device(device: torch.device, n_networks: int, batch: int,
             for _ in range(rounds):
                 loop.predict(px)
 
-        t_b = timed(predict_batched, device, repeats=7, warmup=2)
-        t_l = timed(predict_loop, device, repeats=7, warmup=2)
+        t_b, t_l = timed_pair(predict_batched, predict_loop, device, repeats=7, warmup=2)
         n = predict_batch * rounds
         rows.append((f"prediction (batch {predict_batch})", n / t_b, n / t_l))
     return rows
@@ -201,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"# {dt.date.today().isoformat()} · torch {torch.__version__} · "
           f"{platform.processor() or platform.machine()} · {torch.get_num_threads()} CPU threads"
-          f" · E={args.n_networks}, hopper dims ({OBS_DIM}+{ACT_DIM}), dynamics 4×200, "
-          f"reward 4×64")
+          f" · load average {os.getloadavg()[0]:.2f} · E={args.n_networks}, hopper dims "
+          f"({OBS_DIM}+{ACT_DIM}), dynamics 4×200, reward 4×64")
     print("| device | what | batched samples/s | loop samples/s | batched / loop |")
     print("|---|---|---:|---:|---:|")
     for name in devices:

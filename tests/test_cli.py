@@ -161,3 +161,27 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(data_dir,
     assert "\n" not in str(error.value)
     state = torch.load(trainer.run_dirs[0] / "checkpoint.pt", weights_only=True)
     assert state["counters"]["epoch"] == 1
+
+
+def test_pretrained_agent_initialises_every_member(data_dir):
+    from offline_mbrl.config import TrainerConfiguration
+    from offline_mbrl.policy import load_agent
+    from offline_mbrl.train import Trainer
+
+    small = {"hidden_layers": 1, "hidden_units": 8, "batch_size": 8}
+    base = dict(env_name="Pendulum-v1", mode="sac", online_epochs=1, steps_per_epoch=20,
+                random_steps=5, init_steps=5, test_episodes=1, agent=small)
+    Trainer(TrainerConfiguration(**base, experiment_name="source"), progress=False).run()
+    source = data_dir / "source" / "source-s0"
+    trainer = Trainer(TrainerConfiguration(**base, experiment_name="warm", seeds=(3, 4),
+                                           pretrained_agent_path=str(source)), progress=False)
+    obs = torch.randn(1, 6, 3)
+    expected = torch.as_tensor(load_agent(source).act(obs[0].numpy()))
+    actions = trainer.agent.act(obs.expand(2, 6, 3))
+    torch.testing.assert_close(actions[0], expected)
+    torch.testing.assert_close(actions[1], expected)
+    with pytest.raises(Exception, match="holds no run|does not exist"):
+        Trainer(TrainerConfiguration(**base, experiment_name="bad",
+                                     pretrained_agent_path=str(data_dir / "nothing")),
+                progress=False)
+    assert not (data_dir / "bad").exists()  # refused before any run directory was made

@@ -161,6 +161,8 @@ class Trainer:
         self.model_path: Path | None = None
         if self.model_based and not self.online:
             self.model = self._existing_model()
+        pretrained = (self._read_pretrained_agent(config.pretrained_agent_path)
+                      if config.pretrained_agent_path and not resume else None)
         self.run_dirs = member_run_dirs(config, root)
         resuming = claim_run_dirs(self.run_dirs, resume, overwrite)
         if self.model_based and not self.online and self.model is None:
@@ -199,8 +201,8 @@ class Trainer:
         self.rollout_rounds = 0
         self._virtual_empty = True
 
-        if config.pretrained_agent_path and not resuming:
-            self._load_pretrained_agent(config.pretrained_agent_path)
+        if pretrained is not None:
+            self.agent.load_state_dict(stack_member_states([pretrained] * self.P))
         if resuming:
             self._restore()
         else:
@@ -213,7 +215,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _check_mode(self) -> None:
-        if self.config.mode == "mbpo" and self.P > 1:
+        for name in ("rollout_length", "pessimism", "ood_threshold"):
+            values = getattr(self.config, name)
+            if values is not None and len(values) not in (1, self.P):
+                raise UserError(f"--{name} got {len(values)} values for {self.P} population "
+                                f"members: pass one value or one per member")
+        online_model = self.config.mode == "mbpo" or (self.config.mode == "sac"
+                                                      and self.config.use_env_model)
+        if online_model and self.P > 1:
             raise UserError("mbpo trains one environment model per seed from its own "
                             "interactions, so it runs one seed per command: pass a single --seed")
         if self.config.mode == "behavioral-cloning" and self.config.use_env_model:
@@ -245,13 +254,15 @@ class Trainer:
                                 as_tensor(dataset.terminals))
         return rows.to(self.device)
 
-    def _load_pretrained_agent(self, path: str) -> None:
+    def _read_pretrained_agent(self, path: str) -> dict[str, Any]:
+        """The agent state of a run to start from; every member starts from it."""
         state = load_checkpoint(find_checkpoint(path))
-        if state.get("agent_kind") != self.kind or state.get("obs_dim") != self.obs_dim:
+        kind = agent_kind(self.config.mode)
+        if state.get("agent_kind") != kind or state.get("obs_dim") != self.obs_dim:
             raise UserError(f"pretrained agent {path} is a {state.get('agent_kind')} agent for "
-                            f"obs_dim {state.get('obs_dim')}: pass a {self.kind} run of "
+                            f"obs_dim {state.get('obs_dim')}: pass a {kind} run of "
                             f"{self.config.env_name}")
-        self.agent.load_state_dict(stack_member_states([state["agent"]] * self.P))
+        return state["agent"]
 
     # ------------------------------------------------------------------ model
     def _model_config(self) -> Any:
