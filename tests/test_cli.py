@@ -156,7 +156,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(data_dir,
         return metrics
 
     monkeypatch.setattr(trainer.agent, "update", poisoned)
-    with pytest.raises(NonFiniteError, match="at update 20 .epoch 2.") as error:
+    with pytest.raises(NonFiniteError, match=r"at update 20 .epoch 2.") as error:
         trainer.run()
     assert "\n" not in str(error.value)
     state = torch.load(trainer.run_dirs[0] / "checkpoint.pt", weights_only=True)
@@ -180,7 +180,7 @@ def test_pretrained_agent_initialises_every_member(data_dir):
     actions = trainer.agent.act(obs.expand(2, 6, 3))
     torch.testing.assert_close(actions[0], expected)
     torch.testing.assert_close(actions[1], expected)
-    with pytest.raises(Exception, match="holds no run|does not exist"):
+    with pytest.raises(Exception, match=r"holds no run|does not exist"):
         Trainer(TrainerConfiguration(**base, experiment_name="bad",
                                      pretrained_agent_path=str(data_dir / "nothing")),
                 progress=False)

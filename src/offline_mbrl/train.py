@@ -541,6 +541,14 @@ class Trainer:
         self._env_state["obs"] = torch.as_tensor(obs, dtype=torch.float32,
                                                  device=self.device)[:, None]
 
+    def use_envs(self, envs: Any, obs: np.ndarray) -> None:
+        """Train online in ``envs`` (one sub-environment per member, already reset to
+        ``obs [P, obs_dim]``) instead of environments the trainer makes itself; used by
+        dataset collection, which records every step."""
+        self._envs = envs
+        self._env_state["obs"] = torch.as_tensor(obs, dtype=torch.float32,
+                                                 device=self.device)[:, None]
+
     def train_epoch(self, tick: Callable[[], None] | None = None,
                     steps: int | None = None) -> dict[str, np.ndarray]:
         """One epoch of training steps (no evaluation, logging or checkpoint).
@@ -610,7 +618,7 @@ class Trainer:
                     means = self.train_epoch(tick)
                     self.epoch += 1
                     result = self.evaluate()
-                    last_rows = self._log_epoch(result, means, time.time() - start_time)
+                    last_rows = self.log_epoch(result, means, time.time() - start_time)
                     self.rollout_stats, self.rollout_rounds = {}, 0
                     # With a callback the checkpoint comes first: a sweep scheduler may end the
                     # process inside the callback, and the run directory must be complete.
@@ -634,8 +642,9 @@ class Trainer:
             self._envs.close()
             self._envs = None
 
-    def _log_epoch(self, result: Any, means: dict[str, np.ndarray], elapsed: float
-                   ) -> list[dict[str, float]]:
+    def log_epoch(self, result: Any, means: dict[str, np.ndarray], elapsed: float
+                  ) -> list[dict[str, float]]:
+        """Write one progress row per member from an evaluation and epoch metric means."""
         rows = []
         for member, logger in enumerate(self.loggers):
             row: dict[str, Any] = {"Epoch": self.epoch}
