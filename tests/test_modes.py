@@ -165,3 +165,17 @@ def test_progress_columns_for_pessimistic_mode(dirs):
     progress = read_progress(trainer.run_dirs[0] / "progress.txt")
     assert progress["RolloutUnknownFraction"] == [0.0]
     assert torch.isfinite(torch.tensor(progress["LossQ"])).all()
+
+
+@pytest.mark.parametrize("mode", ["offline-sac", "epistemic-penalty"])
+def test_population_member_trains_like_a_single_run(dirs, mode):
+    """Member p of a population run reproduces the single run with seed p."""
+    population = Trainer(config(mode, seeds=(0, 1), experiment_name="pop"), progress=False)
+    single = Trainer(config(mode, seed=1, experiment_name="one"), progress=False)
+    rows_pop = population.run()
+    rows_one = single.run()
+    for key in ("LossQ", "LossPi", "AverageTestEpRet"):
+        assert rows_pop[1][key] == pytest.approx(rows_one[0][key], rel=1e-3, abs=1e-4), key
+    obs = torch.randn(1, 4, 11)
+    torch.testing.assert_close(population.agent.act(obs.expand(2, 4, 11))[1],
+                               single.agent.act(obs)[0], rtol=1e-3, atol=1e-4)
