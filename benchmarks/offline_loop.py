@@ -89,7 +89,7 @@ def main() -> None:
         "dataset_name": dataset.name, "dataset_hash": dataset.content_hash()})
 
     results: dict[int, dict[str, float]] = {}
-    rollout_s = float("nan")
+    rollout_s = rollout_bf16_s = float("nan")
     for P in args.sizes:
         config = TrainerConfiguration(
             env_name="hopper-medium-v2", mode="epistemic-penalty", dataset=str(data_path),
@@ -101,9 +101,18 @@ def main() -> None:
         trainer = Trainer(config, overwrite=True, progress=False)
         trainer.train_epoch(steps=5)  # warm-up: first rollout round and allocations
         if P == 1:
+            def starts(n: int, t: Trainer = trainer) -> torch.Tensor:
+                return t.dataset.sample(n, t.rngs["data"])
+
             t0 = time.perf_counter()
-            trainer._rollout_round(lambda n, t=trainer: t.dataset.sample(n, t.rngs["data"]))
+            trainer._rollout_round(starts)
             rollout_s = time.perf_counter() - t0
+            fp32 = trainer.config
+            trainer.config = fp32.model_copy(update={"rollout_dtype": "bfloat16"})
+            t0 = time.perf_counter()
+            trainer._rollout_round(starts)
+            rollout_bf16_s = time.perf_counter() - t0
+            trainer.config = fp32
         trainer._virtual_empty = False
         trainer.total_updates = 0  # the next step starts a rollout round
         t0 = time.perf_counter()
@@ -127,6 +136,8 @@ def main() -> None:
     table.add_row(f"{args.starts // 1000}k × {args.length} rollout, one seed (s)",
                   f"{rollout_s:.1f}", f"{PEER['rollout_s']}",
                   f"{PEER['rollout_s'] / rollout_s:.2f}× faster")
+    table.add_row("same rollout, --rollout_dtype bfloat16 (s)", f"{rollout_bf16_s:.1f}",
+                  f"{PEER['rollout_s']}", f"{PEER['rollout_s'] / rollout_bf16_s:.2f}× faster")
     for P, r in results.items():
         table.add_row(f"SAC updates/s without rollouts, P={P}",
                       f"{r['updates_per_s']:.0f} ({r['updates_per_s'] * P:.0f} seed-updates/s)",

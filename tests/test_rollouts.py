@@ -137,3 +137,14 @@ def test_chunked_rollouts_keep_layout_and_lengths():
     rows = chunked.rows.view(2, 3, 5, -1)
     assert torch.equal(rows[:, 0, :, :OBS], start)
     assert chunked.stats["RolloutLength"].tolist() == [2.0, 3.0]
+
+
+def test_bfloat16_rollouts_stay_close_to_float32():
+    start = torch.randn(2, 6, OBS)
+    p = pessimism("penalty", lengths=(2, 2), penalty=(1.0, 1.0))
+    exact = run(p, start)
+    fast = rollout(small_model(), small_agent(), start, p, TransitionLayout(OBS, ACT),
+                   PopulationRNG((0, 1)), dtype=torch.bfloat16)
+    assert torch.equal(exact.valid, fast.valid)
+    first = slice(0, 6)  # step 0: same starts, same actions
+    torch.testing.assert_close(fast.rows[:, first], exact.rows[:, first], rtol=0.05, atol=0.05)

@@ -156,6 +156,9 @@ class TrainerConfiguration(_Frozen):
     """Fraction of each agent batch drawn from real data (the rest is synthetic). 0.05 as in
     MBPO and MOPO: enough real transitions to anchor the critics to true rewards, while the
     synthetic data supplies the coverage that makes model-based training worthwhile."""
+    rollout_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the environment model's matmuls in rollouts. bfloat16 roughly halves
+    rollout time on CPUs with bf16 units (AVX-512 BF16/AMX) at ~3 significant digits."""
     rollout_every: PositiveInt = 250
     """Agent updates between rollout rounds; each round generates
     n_parallel_virtual_rollouts × rollout_every synthetic transitions per member at once."""

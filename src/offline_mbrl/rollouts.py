@@ -112,7 +112,8 @@ draws do not depend on the population size."""
 @torch.no_grad()
 def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
             pessimism: Pessimism, layout: TransitionLayout, rng: PopulationRNG,
-            n_active: torch.Tensor | None = None, chunk: int = ROLLOUT_CHUNK) -> RolloutBatch:
+            n_active: torch.Tensor | None = None, chunk: int = ROLLOUT_CHUNK,
+            dtype: torch.dtype = torch.float32) -> RolloutBatch:
     """Roll the policy out in the model from ``start_obs``.
 
     Args:
@@ -126,6 +127,8 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
             lets members with longer rollouts use fewer starts for the same sample count.
 
         chunk: starts per member rolled out together (see :data:`ROLLOUT_CHUNK`).
+        dtype: ``torch.bfloat16`` runs the model's matmuls in bf16 (autocast); sampling,
+            uncertainty and pessimism stay in float32.
 
     Returns:
         A :class:`RolloutBatch` of ``H = max(rollout_length)`` steps.
@@ -135,7 +138,7 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
     horizon = int(pessimism.rollout_length.max())
     active = torch.arange(N, device=device)[None, :].expand(P, N)
     active = active < (n_active[:, None] if n_active is not None else N)
-    parts = [_rollout_chunk(model, agent, obs, alive, horizon, pessimism, layout, rng)
+    parts = [_rollout_chunk(model, agent, obs, alive, horizon, pessimism, layout, rng, dtype)
              for obs, alive in zip(start_obs.split(chunk, dim=1), active.split(chunk, dim=1),
                                    strict=True)]
     rows = torch.cat([p[0] for p in parts], dim=2)  # [P, H, N, F]
@@ -154,7 +157,7 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
 
 def _rollout_chunk(model: EnvironmentModel, agent: Agent, obs: torch.Tensor,
                    alive: torch.Tensor, horizon: int, pessimism: Pessimism,
-                   layout: TransitionLayout, rng: PopulationRNG
+                   layout: TransitionLayout, rng: PopulationRNG, dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Rollouts from ``obs [P, n, obs_dim]``: rows ``[P, H, n, F]``, valid ``[P, H, n]``, sums."""
     P, N, obs_dim = obs.shape
@@ -169,7 +172,10 @@ def _rollout_chunk(model: EnvironmentModel, agent: Agent, obs: torch.Tensor,
         alive &= step < pessimism.rollout_length[:, None]
         action = agent.act(obs, deterministic=False, rng=rng)
         flat_obs, flat_action = obs.reshape(P * N, obs_dim), action.reshape(P * N, -1)
-        outputs = model(flat_obs, flat_action)
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=dtype == torch.bfloat16):
+            outputs = model(flat_obs, flat_action)
+        outputs = type(outputs)(*(o.float() for o in outputs))
         member_idx = elites[rng.randint(elites.numel(), N)].reshape(P * N)
         noise = rng.normal(N, obs_dim + 1).reshape(P * N, obs_dim + 1)
         next_obs, reward = sample_next(outputs, flat_obs, member_idx, noise, model.normalizer)

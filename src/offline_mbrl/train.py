@@ -353,7 +353,8 @@ class Trainer:
         n_starts = int(samples // int(lengths.min()) + 1)
         start_obs = start_source(n_starts)[..., self.layout.slices["obs"]]
         batch = rollout(self.model, self.agent, start_obs, self.pessimism, self.layout,
-                        self.rngs["rollout"], n_active=n_active)
+                        self.rngs["rollout"], n_active=n_active,
+                        dtype=getattr(torch, self.config.rollout_dtype))
         self.virtual.add(batch.rows, batch.valid)
         self._virtual_empty = False
         for key, value in batch.stats.items():
