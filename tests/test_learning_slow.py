@@ -1,37 +1,31 @@
 """Long learning test on a locally generated hopper dataset (marked slow, not in CI).
 
-Run with ``.venv/bin/pytest -m slow tests/test_learning_slow.py -s``. It generates a
-hopper medium-replay dataset under the D4RL protocol (a 30k-step SAC run), trains the
-environment model, then an epistemic-penalty agent and the behavioral-cloning baseline
-for 30k updates each, and checks that both clearly beat a random policy (normalised
-score of a random policy: about 1). The measured scores are printed for the record.
+Run with ``.venv/bin/pytest -m slow tests/test_learning_slow.py -s`` (about 10 minutes on
+2 CPU cores). It runs the main job's offline pipeline (:mod:`offline_mbrl.pipeline`): a
+hopper medium-replay dataset generated under the D4RL protocol (the replay buffer of a
+15k-step SAC run), the environment model, an epistemic-penalty population and the
+behavioral-cloning baseline (two seeds each), and checks that both clearly beat a random
+policy, whose normalised score on hopper is about 1.
+
+Recorded on 2026-11-24 (2-core CPU): epistemic-penalty 7.0 ± 2.8, behavioral cloning
+7.0 ± 0.3 (normalised score, mean ± std over 2 seeds); the dataset's SAC policy itself
+reached 7-8 after 15k steps, so both recover the level of their data.
 """
 
-import numpy as np
+import csv
+
 import pytest
 
-from offline_mbrl import TrainerConfiguration
-from offline_mbrl.data.collect import SACCollectionOptions, collect
-from offline_mbrl.data.d4rl import write_d4rl_hdf5
-from offline_mbrl.train import Trainer
+from offline_mbrl.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
 
-def test_pessimistic_agent_learns_hopper_medium_replay(tmp_path, monkeypatch):
-    for name in ("DATASETS", "MODELS", "DATA"):
-        monkeypatch.setenv(f"OMBRL_{name}_DIR", str(tmp_path / name.lower()))
-    dataset = collect("hopper-medium-replay-v2", 30_000, seed=0,
-                      options=SACCollectionOptions(max_train_steps=30_000,
-                                                   steps_per_epoch=5_000, test_episodes=3))
-    path = write_d4rl_hdf5(dataset, tmp_path / "hopper-medium-replay-v2.hdf5")
-    scores = {}
-    for mode in ("epistemic-penalty", "behavioral-cloning"):
-        rows = Trainer(TrainerConfiguration(
-            env_name="hopper-medium-replay-v2", mode=mode, dataset=str(path), seeds=(0, 1),
-            offline_epochs=6, steps_per_epoch=5_000, test_episodes=5, rollout_length=(5,),
-            env_model={"max_number_of_training_epochs": 100}), progress=False).run()
-        scores[mode] = float(np.mean([r["NormalizedTestScore"] for r in rows]))
-    print("hopper medium-replay (30k SAC steps) normalised scores:", scores)
-    assert scores["behavioral-cloning"] > 5, scores
-    assert scores["epistemic-penalty"] > 5, scores
+def test_pessimistic_agent_and_bc_learn_hopper_medium_replay(tmp_path):
+    assert run_pipeline(tmp_path, "epistemic-penalty", seeds=(0, 1), scale=1.0,
+                        progress=False) == 0
+    with (tmp_path / "results" / "summary.csv").open() as handle:
+        scores = {row["mode"]: float(row["score_mean"]) for row in csv.DictReader(handle)}
+    print("hopper medium-replay (15k SAC steps) normalised scores:", scores)
+    assert scores["behavioral-cloning"] > 3, scores
+    assert scores["epistemic-penalty"] > 3, scores
