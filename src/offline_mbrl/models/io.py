@@ -13,11 +13,9 @@ Files are written atomically: a temporary file in the target directory, then ``o
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import torch
 
+from offline_mbrl.checkpoint import atomic_torch_save
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.errors import UserError
 from offline_mbrl.models.ensemble import EnvironmentModel
@@ -97,21 +96,10 @@ def save_environment_model(
         "metadata": meta,
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_torch_save(payload, path)
     except OSError as exc:
         raise UserError(f"cannot write environment model to {path} ({exc.strerror or exc}): "
                         "choose a writable --out path or set OMBRL_MODELS_DIR") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
     return path
 
 
