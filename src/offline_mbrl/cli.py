@@ -88,7 +88,7 @@ def add_model_flags(parser: Any, model: type[BaseModel], skip: Sequence[str] = (
     return names
 
 
-def run_main(body: Callable[[], int]) -> int:
+def run_main(body: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Run a command body, turning :class:`UserError` into one line on stderr and exit 2."""
     try:
         return body()
@@ -96,8 +96,7 @@ def run_main(body: Callable[[], int]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted: completed epochs are checkpointed; rerun with --resume",
-              file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
 
 
@@ -194,7 +193,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train_agent.py") 
         Console().print(table)
         return 0
 
-    return run_main(body)
+    return run_main(body, "interrupted: completed epochs are checkpointed; rerun with --resume")
 
 
 # ---------------------------------------------------------------------- evaluate

@@ -286,15 +286,10 @@ def _write_gif(frames: list[np.ndarray], path: Path, frame_ms: int = 120) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a problem the user can fix)."""
+    from offline_mbrl.cli import run_main
+
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return UserError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_main(lambda: run(args))
 
 
 if __name__ == "__main__":
