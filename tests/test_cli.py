@@ -185,3 +185,17 @@ def test_pretrained_agent_initialises_every_member(data_dir):
                                      pretrained_agent_path=str(data_dir / "nothing")),
                 progress=False)
     assert not (data_dir / "bad").exists()  # refused before any run directory was made
+
+
+def test_main_job_smoke(tmp_path):
+    """`ombrl demo` end to end at a tiny scale: dataset, model, both agents, plot, summary."""
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "offline_mbrl.cli", "demo", "--scale",
+                             "0.01", "--seeds", "0", "--no-progress"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = tmp_path / "data" / "demo" / "results"
+    for name in ("summary.md", "summary.csv", "curves.png", "curves.pdf"):
+        assert (results / name).stat().st_size > 0
+    summary = (results / "summary.csv").read_text()
+    assert "epistemic-penalty" in summary and "behavioral-cloning" in summary
