@@ -181,6 +181,15 @@ def test_training_limits_metrics_and_best_weights(tmp_path: Path) -> None:
     assert det_metrics["batches"] == 3 and det_metrics["epochs"] == 2
 
 
+def test_bfloat16_training_learns() -> None:
+    data = linear_dataset(n=600)
+    config = EnvironmentModelConfiguration(**SMALL, precision="bfloat16",
+                                           max_number_of_training_epochs=30)
+    model, metrics = train_environment_model(data, config, None, progress=False)
+    assert metrics["val_mse"] < 0.5 * metrics["val_mse_mean_predictor"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_training_is_reproducible() -> None:
     data = linear_dataset(n=300)
     config = EnvironmentModelConfiguration(**SMALL, max_number_of_training_epochs=2)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.errors import NonFiniteError, UserError
-from offline_mbrl.models.ensemble import EnvironmentModel
+from offline_mbrl.models.ensemble import EnsembleOutput, EnvironmentModel
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -69,6 +69,10 @@ class EnvironmentModelConfiguration(BaseModel):
     """Seed of the initial weights, the train/validation split and the batch order."""
     device: str = "cpu"
     """Torch device: cpu, cuda or cuda:N."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Matrix products during training: float32, or bfloat16 under autocast (about 1.6x faster
+    on CPUs with AVX512-BF16 and on GPUs, much slower on CPUs without it); weights, loss and
+    validation stay float32."""
 
     @model_validator(mode="after")
     def _elites_within_ensemble(self) -> EnvironmentModelConfiguration:
@@ -290,6 +294,7 @@ def train_environment_model(
     stopped_early = False
     train_loss = math.nan
     epoch_times: list[float] = []
+    bfloat16 = config.precision == "bfloat16"
 
     model.train()
     try:
@@ -302,7 +307,12 @@ def train_environment_model(
                 bar.update(completed=0, total=n_batches,
                            description=f"model epoch {epochs + 1}")
                 for i, idx in enumerate(perm[: n_batches * batch_size].split(batch_size)):
-                    outputs = model.forward_normalized(train_x[idx])
+                    if bfloat16:
+                        with torch.autocast(device.type, dtype=torch.bfloat16):
+                            low = model.forward_normalized(train_x[idx])
+                        outputs = EnsembleOutput(*(o.float() for o in low))
+                    else:
+                        outputs = model.forward_normalized(train_x[idx])
                     loss, _ = model.loss(outputs, train_d[idx], train_r[idx])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
