@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from offline_mbrl.errors import UserError
+from offline_mbrl.errors import UserError, validation_message
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 
 MODES: tuple[str, ...] = (
@@ -204,16 +204,6 @@ class TrainerConfiguration(_Frozen):
             return self.offline_epochs
         updates = 250_000 if self.mode == "behavioral-cloning" else 500_000
         return max(1, round(updates / (self.steps_per_epoch * self.agent_updates_per_step)))
-
-
-def validation_message(error: ValidationError) -> str:
-    """One line naming each offending field and what it requires."""
-    parts = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        msg = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def make_config(cls: type[BaseModel], **values: Any) -> Any:

@@ -22,3 +22,13 @@ class UserError(Exception):
 
 class NonFiniteError(UserError):
     """A loss or parameter became NaN or infinite during training."""
+
+
+def validation_message(error: Exception) -> str:
+    """One line naming each offending field of a pydantic ``ValidationError``."""
+    parts = []
+    for item in error.errors():  # type: ignore[attr-defined]
+        loc = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)

@@ -3,8 +3,8 @@
 The table starts from the seed project's tuned values (``tuned_hyperparameters.csv``,
 found on the original D4RL v2 files): ``value`` is the penalty coefficient λ for
 ``*-penalty`` modes and the uncertainty threshold for ``*-partitioning`` modes.
-Datasets without an entry use :data:`FALLBACK_ROLLOUT_LENGTH` and, for the pessimism,
-values derived from the dataset's own uncertainty statistics (see
+Datasets without an entry use the configuration's ``max_virtual_rollout_length`` and,
+for the pessimism, values derived from the dataset's own uncertainty statistics (see
 :func:`fallback_pessimism`).
 """
 
@@ -17,9 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 from offline_mbrl.errors import UserError
-
-FALLBACK_ROLLOUT_LENGTH = 5
-"""MOPO's rollout length, the common choice for datasets nobody tuned."""
 
 
 @dataclass(frozen=True)

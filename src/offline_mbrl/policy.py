@@ -60,7 +60,7 @@ def load_agent(path: str | Path, device: str = "cpu") -> LoadedAgent:
     Raises:
         UserError: no run there, or the checkpoint is corrupt.
     """
-    from offline_mbrl.train import resolve_device
+    from offline_mbrl.models.training import resolve_device
 
     torch_device = resolve_device(device)
     state = load_checkpoint(find_checkpoint(path), map_location=torch_device)

@@ -24,6 +24,7 @@ from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, Transitio
 from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
 from offline_mbrl.errors import NonFiniteError, UserError
 from offline_mbrl.logging import RunLogger
+from offline_mbrl.models.training import resolve_device
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism, rollout
 from offline_mbrl.runs import (
@@ -36,23 +37,6 @@ from offline_mbrl.runs import (
 
 # Streams of the per-member random generators; fixed so that checkpoints stay valid.
 _AGENT_STREAM, _DATA_STREAM, _ACTION_STREAM, _ROLLOUT_STREAM = 1, 2, 3, 4
-
-
-def resolve_device(name: str) -> torch.device:
-    """A usable torch device, or a one-line error saying what to use instead."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}': use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' is not available (no CUDA GPU visible): use --device cpu")
-    if device.type == "cuda" and device.index is not None \
-            and device.index >= torch.cuda.device_count():
-        raise UserError(f"device '{name}' does not exist ({torch.cuda.device_count()} GPUs): "
-                        "use cuda:0")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device '{name}' is not supported: use cpu or cuda")
-    return device
 
 
 def make_agent(kind: str, obs_dim: int, act_dim: int, action_low: Any, action_high: Any,

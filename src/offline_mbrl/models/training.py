@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from offline_mbrl.data.dataset import OfflineDataset
-from offline_mbrl.errors import NonFiniteError, UserError
+from offline_mbrl.errors import NonFiniteError, UserError, validation_message
 from offline_mbrl.models.ensemble import EnsembleOutput, EnvironmentModel
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -87,12 +87,8 @@ def make_model_config(**values: Any) -> EnvironmentModelConfiguration:
     try:
         return EnvironmentModelConfiguration(**values)
     except ValidationError as error:
-        parts = []
-        for item in error.errors():
-            loc = ".".join(str(p) for p in item["loc"])
-            msg = item["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        raise UserError(f"invalid environment model configuration: {'; '.join(parts)}") from None
+        raise UserError("invalid environment model configuration: "
+                        f"{validation_message(error)}") from None
 
 
 def default_patience(name: str) -> int:

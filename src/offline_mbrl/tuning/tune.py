@@ -354,8 +354,8 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
         Every trial's outcome, the best trial and where its hyperparameters were written
         (``<storage>/<exp>/best_hyperparameters.json``).
     """
+    from offline_mbrl.models.training import resolve_device
     from offline_mbrl.runs import experiments_root, member_run_dirs
-    from offline_mbrl.train import resolve_device
 
     libs = import_tune_libraries()
     check_tunable_mode(config.mode)
