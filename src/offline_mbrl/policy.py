@@ -12,6 +12,7 @@ from offline_mbrl.agents import SAC, BehavioralCloning
 from offline_mbrl.checkpoint import load_checkpoint
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.errors import UserError
+from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.runs import find_checkpoint
 
 
@@ -28,6 +29,8 @@ class LoadedAgent:
         self.agent = agent.eval()
         self.config = config
         self.device = device
+        # Stochastic actions come from the agent's own sampler, on a stream of the run's seed.
+        self._rng = PopulationRNG((int(config["seed"]),), device, stream=99)
 
     @property
     def env_name(self) -> str:
@@ -36,20 +39,12 @@ class LoadedAgent:
     def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
         """``obs [obs_dim]`` or ``[n, obs_dim]`` -> action ``[act_dim]`` or ``[n, act_dim]``.
 
-        Stochastic actions draw from torch's global generator (seed it for repeatability).
+        Stochastic actions draw from a stream seeded with the run's seed.
         """
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
         single = obs_t.dim() == 1
         obs_t = obs_t.reshape(1, -1, obs_t.shape[-1])
-        with torch.no_grad():
-            if deterministic or isinstance(self.agent, BehavioralCloning):
-                action = self.agent.act(obs_t, deterministic=True)
-            else:
-                from offline_mbrl.agents.sac import squashed_gaussian
-
-                mean, log_std = self.agent._policy(obs_t)
-                unit, _ = squashed_gaussian(mean, log_std, torch.randn_like(mean))
-                action = self.agent.scaler.to_env(unit)
+        action = self.agent.act(obs_t, deterministic=deterministic, rng=self._rng)
         action_np = action[0].cpu().numpy()
         return action_np[0] if single else action_np
 
