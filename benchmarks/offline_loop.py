@@ -2,26 +2,33 @@
 
 Settings of the peer's measurement: ensemble of 7 networks of 4×200, rollouts of 50,000
 starts × length 5 every 1,000 gradient steps, batch 256, real ratio 0.05, on 200,000
-transitions. The dataset here is synthetic but hopper-shaped (obs 11, action 3), so no
-download is needed; the work per step is the same.
+transitions. The dataset here is synthetic but hopper-shaped (obs 11, action 3) and its
+states are healthy under Hopper's termination rule, so rollouts run their full length as
+they do on the real hopper data the peer used; the work per step is the same.
 
 Prints, in one run:
 - seconds per dynamics-training epoch on the 200k transitions (80% train);
-- seconds per 50k × 5 rollout (one seed);
+- seconds per 50k × 5 rollout (one seed), float32 and bfloat16;
 - gradient steps/s end to end (one rollout round per 1,000 steps, plus the updates)
-  for P = 1 and P = 6 (seed-steps/s for the population);
-- the ratios to the single-seed eager loop and to the peer's figures.
+  for P = 1 and P = 6 (seed-steps/s for the population), float32 and bfloat16 rollouts;
+- the same loop written plainly (``PlainLoop``: nn.Linear networks, autograd SAC with
+  separate critics, one model call over all 50k starts, per-step ``.item()`` logging),
+  single seed and eager, measured in the same run, and the ratios to it.
 
 Usage::
 
-    .venv/bin/python benchmarks/offline_loop.py                # full settings (~minutes)
-    .venv/bin/python benchmarks/offline_loop.py --steps 200 --starts 5000   # quick look
+    .venv/bin/python benchmarks/offline_loop.py                # full settings (~4 minutes)
+    .venv/bin/python benchmarks/offline_loop.py --steps 200 --starts 5000 --sizes 1
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
+import math
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,27 +37,200 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 PEER = {"epoch_s": 14.1, "rollout_s": 14.9, "sac_steps_per_s": 87.0, "end_to_end": 37.0}
 OBS_DIM, ACT_DIM = 11, 3
+TARGETS = {"p1": 110.0, "p6": 200.0, "rollout_s": 5.0, "epoch_s": 11.0}
 
 
 def synthetic_dataset(n: int, seed: int = 0):
-    """Linear-Gaussian dynamics with hopper's sizes; episodes of 1000 steps."""
+    """Stable linear-Gaussian dynamics with hopper's sizes and healthy hopper states.
+
+    The height (obs 0) stays near 1.25 and the torso angle (obs 1) near 0, well inside
+    Hopper-v5's healthy ranges, so that model rollouts do not end at their first step.
+    """
     from offline_mbrl.data.dataset import OfflineDataset
 
     rng = np.random.default_rng(seed)
-    a = rng.normal(scale=0.1, size=(OBS_DIM, OBS_DIM))
-    b = rng.normal(scale=0.3, size=(ACT_DIM, OBS_DIM))
-    obs = rng.normal(size=(n, OBS_DIM)).astype(np.float32)
-    actions = rng.uniform(-1, 1, size=(n, ACT_DIM)).astype(np.float32)
-    next_obs = (obs + obs @ a + actions @ b
-                + 0.05 * rng.normal(size=(n, OBS_DIM))).astype(np.float32)
-    rewards = (next_obs[:, 5] - 0.1 * (actions**2).sum(1)).astype(np.float32)
+    center = np.zeros(OBS_DIM)
+    center[0] = 1.25
+    scale = np.ones(OBS_DIM)
+    scale[:2] = (0.05, 0.03)
+    mix = rng.normal(scale=0.1, size=(OBS_DIM, OBS_DIM))
+    drive = rng.normal(scale=0.3, size=(ACT_DIM, OBS_DIM))
+    state = rng.normal(size=(n, OBS_DIM))
+    actions = rng.uniform(-1, 1, size=(n, ACT_DIM))
+    next_state = 0.9 * state + state @ mix + actions @ drive + 0.1 * rng.normal(size=state.shape)
+    obs = (center + scale * state).astype(np.float32)
+    next_obs = (center + scale * next_state).astype(np.float32)
+    rewards = (next_state[:, 5] - 0.1 * (actions**2).sum(1)).astype(np.float32)
     timeouts = np.zeros(n, dtype=bool)
     timeouts[999::1000] = True
-    return OfflineDataset(obs, actions, rewards, next_obs, np.zeros(n, dtype=bool), timeouts,
-                          name="synthetic-hopper")
+    return OfflineDataset(obs, actions.astype(np.float32), rewards, next_obs,
+                          np.zeros(n, dtype=bool), timeouts, name="synthetic-hopper")
+
+
+# --------------------------------------------------------------------------- plain loop
+def _mlp(n_in: int, n_out: int, hidden: int = 128, layers: int = 4) -> nn.Sequential:
+    sizes = [n_in, *[hidden] * layers]
+    modules: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        modules += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*modules, nn.Linear(sizes[-1], n_out))
+
+
+class PlainLoop:
+    """The same pessimistic loop as a straightforward single-seed implementation.
+
+    What a careful first version looks like: tensors stay in torch on the device, but
+    networks are ``nn.Linear`` stacks, the twin critics are separate modules updated by
+    autograd (critic step, then actor step), the model runs on all starts in one call,
+    and losses are logged with ``.item()`` at every step.
+    """
+
+    def __init__(self, model, rows: torch.Tensor, layout, pessimism: float, seed: int = 0
+                 ) -> None:
+        torch.manual_seed(seed)
+        self.model, self.rows, self.layout, self.pessimism = model, rows, layout, pessimism
+        self.generator = torch.Generator().manual_seed(seed)
+        self.actor = _mlp(OBS_DIM, 2 * ACT_DIM)
+        self.q1, self.q2 = _mlp(OBS_DIM + ACT_DIM, 1), _mlp(OBS_DIM + ACT_DIM, 1)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.critic_optimizer = torch.optim.Adam(
+            [*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
+        self.virtual = rows[:0]
+        self.log: list[float] = []
+
+    def _policy(self, obs: torch.Tensor, deterministic: bool = False):
+        mean, log_std = self.actor(obs).chunk(2, dim=-1)
+        std = log_std.clamp(-20, 2).exp()
+        dist = torch.distributions.Normal(mean, std)
+        u = dist.rsample()
+        action = torch.tanh(u)
+        log_prob = (dist.log_prob(u) - torch.log(1 - action.pow(2) + 1e-6)).sum(-1)
+        return action, log_prob
+
+    @torch.no_grad()
+    def rollout(self, n_starts: int, length: int) -> None:
+        from offline_mbrl.models.uncertainty import epistemic_uncertainty
+
+        index = torch.randint(len(self.rows), (n_starts,), generator=self.generator)
+        obs = self.rows[index][:, :OBS_DIM]
+        new = []
+        for _ in range(length):
+            action, _ = self._policy(obs)
+            outputs = self.model(obs, action)
+            member = torch.randint(outputs.delta_mean.shape[0], (len(obs),),
+                                   generator=self.generator)
+            noise = torch.randn(len(obs), OBS_DIM + 1, generator=self.generator)
+            next_obs, reward = self.model.sample_next(outputs, obs, member, noise)
+            reward = reward - self.pessimism * epistemic_uncertainty(outputs,
+                                                                     self.model.normalizer)
+            terminated = self.model.terminated(obs, action, next_obs)
+            new.append(self.layout.pack(obs, action, reward, next_obs, terminated))
+            keep = ~terminated
+            if not keep.any():
+                break
+            obs = next_obs[keep]
+        self.virtual = torch.cat([*new, self.virtual])[:1_000_000]
+
+    def update(self, n_real: int, n_virtual: int) -> None:
+        real = self.rows[torch.randint(len(self.rows), (n_real,), generator=self.generator)]
+        fake = self.virtual[torch.randint(len(self.virtual), (n_virtual,),
+                                          generator=self.generator)]
+        batch = self.layout.unpack(torch.cat([real, fake]))
+        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        with torch.no_grad():
+            next_action, next_log_prob = self._policy(next_obs)
+            x = torch.cat([next_obs, next_action], -1)
+            next_q = torch.min(self.q1_target(x), self.q2_target(x)).squeeze(-1)
+            target = batch["reward"] + 0.99 * (1 - batch["terminated"]) * (
+                next_q - 0.2 * next_log_prob)
+        x = torch.cat([obs, action], -1)
+        loss_q = ((self.q1(x).squeeze(-1) - target) ** 2).mean() + (
+            (self.q2(x).squeeze(-1) - target) ** 2).mean()
+        self.critic_optimizer.zero_grad()
+        loss_q.backward()
+        self.critic_optimizer.step()
+        new_action, log_prob = self._policy(obs)
+        for p in [*self.q1.parameters(), *self.q2.parameters()]:
+            p.requires_grad_(False)
+        x = torch.cat([obs, new_action], -1)
+        loss_pi = (0.2 * log_prob - torch.min(self.q1(x), self.q2(x)).squeeze(-1)).mean()
+        self.actor_optimizer.zero_grad()
+        loss_pi.backward()
+        self.actor_optimizer.step()
+        for p in [*self.q1.parameters(), *self.q2.parameters()]:
+            p.requires_grad_(True)
+        with torch.no_grad():
+            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
+                for p, tp in zip(net.parameters(), target_net.parameters(), strict=True):
+                    tp.mul_(0.995).add_(0.005 * p)
+        self.log += [loss_q.item(), loss_pi.item(), log_prob.mean().item()]
+
+
+def time_plain(model, dataset, starts: int, length: int, steps: int) -> dict[str, float]:
+    from offline_mbrl.data.buffer import TransitionLayout
+
+    layout = TransitionLayout(OBS_DIM, ACT_DIM)
+    as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    rows = layout.pack(as_t(dataset.observations), as_t(dataset.actions),
+                       as_t(dataset.rewards), as_t(dataset.next_observations),
+                       as_t(dataset.terminals))
+    loop = PlainLoop(model, rows, layout, pessimism=1.0)
+    loop.rollout(2000, length)
+    for _ in range(5):
+        loop.update(13, 243)
+    t0 = time.perf_counter()
+    loop.rollout(starts, length)
+    rollout_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loop.update(13, 243)
+    update_s = (time.perf_counter() - t0) / steps
+    return {"rollout_s": rollout_s, "updates_per_s": 1 / update_s,
+            "steps_per_s": steps / (rollout_s + steps * update_s)}
+
+
+# --------------------------------------------------------------------------- ours
+def time_ours(P: int, dtype: str, data_path: Path, model_path: Path, args) -> dict[str, float]:
+    from offline_mbrl.config import TrainerConfiguration
+    from offline_mbrl.train import Trainer
+
+    config = TrainerConfiguration(
+        env_name="hopper-medium-v2", mode="epistemic-penalty", dataset=str(data_path),
+        seeds=tuple(range(P)), pretrained_env_model_path=str(model_path),
+        rollout_length=(args.length,), pessimism=(1.0,), real_ratio=0.05,
+        rollout_every=args.steps, rollout_dtype=dtype,
+        n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
+        experiment_name=f"bench-p{P}-{dtype}", device=args.device, test_episodes=1,
+        compile=args.compile)
+    trainer = Trainer(config, overwrite=True, progress=False)
+    trainer.train_epoch(steps=5)  # warm-up: first rollout round and allocations
+    result: dict[str, float] = {}
+    if P == 1:
+        def starts(n: int, t: Trainer = trainer) -> torch.Tensor:
+            return t.dataset.sample(n, t.rngs["data"])
+
+        t0 = time.perf_counter()
+        trainer._rollout_round(starts)
+        result["rollout_s"] = time.perf_counter() - t0
+        result["rollout_length"] = float(trainer.rollout_stats["RolloutLength"][0]
+                                         / trainer.rollout_rounds)
+    trainer.total_updates = 0  # the next step starts a rollout round
+    t0 = time.perf_counter()
+    trainer.train_epoch(steps=args.steps)
+    elapsed = time.perf_counter() - t0
+    n_updates = min(args.steps, 200)
+    trainer.total_updates = 1  # updates only
+    t0 = time.perf_counter()
+    trainer.train_epoch(steps=n_updates)
+    result["updates_per_s"] = n_updates / (time.perf_counter() - t0)
+    result["seed_steps_per_s"] = P * args.steps / elapsed
+    trainer.close()
+    return result
 
 
 def main() -> None:
@@ -61,23 +241,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000,
                         help="gradient steps per end-to-end measurement (one rollout round)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 6])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain reference loop")
     args = parser.parse_args()
 
-    from offline_mbrl.config import TrainerConfiguration
     from offline_mbrl.data.d4rl import write_d4rl_hdf5
     from offline_mbrl.models.io import save_environment_model
     from offline_mbrl.models.training import (
         EnvironmentModelConfiguration,
         train_environment_model,
     )
-    from offline_mbrl.train import Trainer
 
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="ombrl-bench-"))
     os.environ["OMBRL_DATA_DIR"] = str(work / "experiments")
     dataset = synthetic_dataset(args.transitions)
     data_path = write_d4rl_hdf5(dataset, work / "synthetic.hdf5", compress=False)
+    load = os.getloadavg()[0]
 
     model_config = EnvironmentModelConfiguration(max_number_of_training_epochs=1,
                                                  device=args.device)
@@ -88,70 +270,52 @@ def main() -> None:
     model_path = save_environment_model(model, work / "model.pt", {
         "dataset_name": dataset.name, "dataset_hash": dataset.content_hash()})
 
-    results: dict[int, dict[str, float]] = {}
-    rollout_s = rollout_bf16_s = float("nan")
-    for P in args.sizes:
-        config = TrainerConfiguration(
-            env_name="hopper-medium-v2", mode="epistemic-penalty", dataset=str(data_path),
-            seeds=tuple(range(P)), pretrained_env_model_path=str(model_path),
-            rollout_length=(args.length,), pessimism=(1.0,), real_ratio=0.05,
-            rollout_every=args.steps,
-            n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
-            experiment_name=f"bench-p{P}", device=args.device, test_episodes=1)
-        trainer = Trainer(config, overwrite=True, progress=False)
-        trainer.train_epoch(steps=5)  # warm-up: first rollout round and allocations
-        if P == 1:
-            def starts(n: int, t: Trainer = trainer) -> torch.Tensor:
-                return t.dataset.sample(n, t.rngs["data"])
+    plain = None if args.no_plain else time_plain(model, dataset, args.starts, args.length,
+                                                    args.steps)
+    ours = {(P, dtype): time_ours(P, dtype, data_path, model_path, args)
+            for P in args.sizes for dtype in args.dtypes}
 
-            t0 = time.perf_counter()
-            trainer._rollout_round(starts)
-            rollout_s = time.perf_counter() - t0
-            fp32 = trainer.config
-            trainer.config = fp32.model_copy(update={"rollout_dtype": "bfloat16"})
-            t0 = time.perf_counter()
-            trainer._rollout_round(starts)
-            rollout_bf16_s = time.perf_counter() - t0
-            trainer.config = fp32
-        trainer._virtual_empty = False
-        trainer.total_updates = 0  # the next step starts a rollout round
-        t0 = time.perf_counter()
-        trainer.train_epoch(steps=args.steps)
-        elapsed = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        trainer.total_updates = 1  # updates only
-        trainer.train_epoch(steps=min(args.steps, 200))
-        update_s = (time.perf_counter() - t0) / min(args.steps, 200)
-        trainer.close()
-        results[P] = {"steps_per_s": args.steps / elapsed,
-                      "seed_steps_per_s": P * args.steps / elapsed,
-                      "updates_per_s": 1.0 / update_s}
+    def ratio(value: float, reference: float | None) -> str:
+        return "" if reference is None or math.isnan(value) else f"{value / reference:.2f}×"
 
-    table = Table(title=f"Pessimistic offline loop ({args.device}, torch "
-                        f"{torch.__version__}, {torch.get_num_threads()} threads)")
-    for column in ("figure", "ours", "peer", "ours / peer"):
+    table = Table(title=f"Pessimistic offline loop ({args.device}, torch {torch.__version__}, "
+                        f"{torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, "
+                        f"load {load:.1f})")
+    for column in ("figure", "ours", "plain", "ours / plain", "peer", "ours / peer",
+                   "target"):
         table.add_column(column)
-    table.add_row("dynamics epoch on 200k (s)", f"{epoch_s:.1f}", f"{PEER['epoch_s']}",
-                  f"{PEER['epoch_s'] / epoch_s:.2f}× faster")
-    table.add_row(f"{args.starts // 1000}k × {args.length} rollout, one seed (s)",
-                  f"{rollout_s:.1f}", f"{PEER['rollout_s']}",
-                  f"{PEER['rollout_s'] / rollout_s:.2f}× faster")
-    table.add_row("same rollout, --rollout_dtype bfloat16 (s)", f"{rollout_bf16_s:.1f}",
-                  f"{PEER['rollout_s']}", f"{PEER['rollout_s'] / rollout_bf16_s:.2f}× faster")
-    for P, r in results.items():
-        table.add_row(f"SAC updates/s without rollouts, P={P}",
-                      f"{r['updates_per_s']:.0f} ({r['updates_per_s'] * P:.0f} seed-updates/s)",
+    table.add_row("dynamics epoch on 200k (s)", f"{epoch_s:.1f}", "", "", f"{PEER['epoch_s']}",
+                  f"{PEER['epoch_s'] / epoch_s:.2f}× faster",
+                  f"≤ {TARGETS['epoch_s']:.0f}")
+    plain_rollout = plain["rollout_s"] if plain else None
+    for dtype in args.dtypes:
+        if (1, dtype) in ours:
+            r = ours[(1, dtype)]
+            table.add_row(f"{args.starts // 1000}k × {args.length} rollout, {dtype} (s); "
+                          f"mean length {r['rollout_length']:.2f}",
+                          f"{r['rollout_s']:.2f}",
+                          f"{plain_rollout:.2f}" if plain_rollout else "",
+                          f"{plain_rollout / r['rollout_s']:.2f}× faster" if plain_rollout
+                          else "", f"{PEER['rollout_s']}",
+                          f"{PEER['rollout_s'] / r['rollout_s']:.2f}× faster",
+                          f"≤ {TARGETS['rollout_s']:.0f}")
+    if plain:
+        table.add_row("plain loop: SAC updates/s, end to end steps/s", "",
+                      f"{plain['updates_per_s']:.0f}, {plain['steps_per_s']:.0f}", "", "", "",
+                      "")
+    for (P, dtype), r in ours.items():
+        target = TARGETS["p1"] if P == 1 else TARGETS["p6"] if P == 6 else None
+        table.add_row(f"SAC seed-updates/s without rollouts, P={P}",
+                      f"{r['updates_per_s'] * P:.0f}", "",
+                      ratio(r["updates_per_s"] * P, plain["updates_per_s"] if plain else None),
                       f"{PEER['sac_steps_per_s']}",
-                      f"{r['updates_per_s'] * P / PEER['sac_steps_per_s']:.2f}×")
-        table.add_row(f"end to end, P={P} (seed-steps/s)", f"{r['seed_steps_per_s']:.0f}",
+                      f"{r['updates_per_s'] * P / PEER['sac_steps_per_s']:.2f}×", "")
+        table.add_row(f"end to end, P={P}, {dtype} rollouts (seed-steps/s)",
+                      f"{r['seed_steps_per_s']:.0f}", "",
+                      ratio(r["seed_steps_per_s"], plain["steps_per_s"] if plain else None),
                       f"{PEER['end_to_end']}",
-                      f"{r['seed_steps_per_s'] / PEER['end_to_end']:.2f}×")
-    if 1 in results:
-        for P, r in results.items():
-            if P != 1:
-                table.add_row(f"P={P} vs single-seed eager loop",
-                              f"{r['seed_steps_per_s'] / results[1]['seed_steps_per_s']:.2f}×",
-                              "", "")
+                      f"{r['seed_steps_per_s'] / PEER['end_to_end']:.2f}×",
+                      f"≥ {target:.0f}" if target else "")
     console.print(table)
 
 

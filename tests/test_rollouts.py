@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from offline_mbrl.agents import SAC
+from offline_mbrl.agents.base import split_member_state
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.data.buffer import TransitionLayout
 from offline_mbrl.models.ensemble import EnvironmentModel
@@ -148,3 +149,21 @@ def test_bfloat16_rollouts_stay_close_to_float32():
     assert torch.equal(exact.valid, fast.valid)
     first = slice(0, 6)  # step 0: same starts, same actions
     torch.testing.assert_close(fast.rows[:, first], exact.rows[:, first], rtol=0.05, atol=0.05)
+
+
+def test_rollouts_do_not_depend_on_chunking_or_population():
+    """Start n of member p gets the same rollout whatever the chunk size and the population."""
+    start = torch.randn(3, 7, OBS)
+    p = pessimism("penalty", lengths=(3, 3, 3), penalty=(0.5, 0.5, 0.5))
+    model, agent, layout = small_model(), small_agent(3), TransitionLayout(OBS, ACT)
+    whole = rollout(model, agent, start, p, layout, PopulationRNG((0, 1, 2)))
+    chunked = rollout(model, agent, start, p, layout, PopulationRNG((0, 1, 2)), chunk=4)
+    assert torch.equal(whole.valid, chunked.valid)
+    torch.testing.assert_close(whole.rows, chunked.rows, rtol=1e-6, atol=1e-6)
+    single_agent = small_agent(1)
+    single_agent.load_state_dict(
+        split_member_state(agent.state_dict(), 3, 1))
+    single = rollout(model, single_agent, start[1:2],
+                     pessimism("penalty", lengths=(3,), penalty=(0.5,), threshold=(math.inf,)),
+                     layout, PopulationRNG((1,)), chunk=3)
+    torch.testing.assert_close(single.rows[0], whole.rows[1], rtol=1e-6, atol=1e-6)

@@ -106,3 +106,55 @@ def test_bc_recovers_linear_policy():
     test_obs = torch.randn(1, 256, 3)
     error = (agent.act(test_obs) - test_obs @ true_w).abs().mean().item()
     assert error < 0.05, error
+
+
+def _autograd_reference(agent, batch, noise):
+    """Textbook SAC losses by autograd, both at the current parameters."""
+    obs, next_obs = batch["obs"], batch["next_obs"]
+    B = obs.shape[1]
+    alpha = agent.alpha.detach()[:, None]
+    mean, log_std = agent._policy(torch.cat([obs, next_obs], dim=1))
+    action, log_prob = squashed_gaussian(mean, log_std, noise)
+    with torch.no_grad():
+        next_q = agent.q_values(next_obs, action[:, B:], agent.critic_target).min(1).values
+        target = td_target(batch["reward"], batch["terminated"], next_q, log_prob[:, B:],
+                           alpha, agent.config.gamma)
+    q = agent.q_values(obs, agent.scaler.to_unit(batch["action"]))
+    loss_q = (q - target[:, None]).pow(2).mean(2).sum(1)
+    critic = torch.autograd.grad(loss_q.sum(), list(agent.critic.parameters()))
+    q_new = agent.q_values(obs, action[:, :B]).min(1).values
+    loss_pi = (alpha * log_prob[:, :B] - q_new).mean(1)
+    actor = torch.autograd.grad(loss_pi.sum(), list(agent.actor.parameters()))
+    log_alpha = agent.log_alpha.detach().clone().requires_grad_(True)
+    loss_alpha = -(log_alpha * (log_prob[:, :B].detach().mean(1) + agent.target_entropy))
+    (alpha_grad,) = torch.autograd.grad(loss_alpha.sum(), log_alpha)
+    return critic, actor, alpha_grad, loss_q.detach(), loss_pi.detach()
+
+
+def test_hand_derived_gradients_equal_autograd():
+    """Every gradient of the explicit update equals autograd's, clamped log-stds included."""
+    from offline_mbrl.agents.sac import sac_gradients
+
+    P, B = 3, 16
+    for alpha in ("auto", 0.2):
+        agent = SAC(5, 2, -2 * torch.ones(2), 2 * torch.ones(2), (0, 1, 2),
+                    SMALL.model_copy(update={"alpha": alpha}))
+        with torch.no_grad():
+            for p in agent.critic_target.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+            agent.log_alpha.add_(torch.randn(P) * 0.3)
+            # One log-std above and one below the clamp range.
+            agent.actor.linears()[-1].bias[..., 2:] += torch.tensor([3.0, -25.0])
+        batch = make_batch(P, B=B, obs_dim=5)
+        batch["action"] = batch["action"] * 2
+        with torch.no_grad():
+            grads = sac_gradients(agent, batch, PopulationRNG((0, 1, 2)))
+        noise = PopulationRNG((0, 1, 2)).normal(2, B, 2).view(P, 2 * B, 2)
+        critic, actor, alpha_grad, loss_q, loss_pi = _autograd_reference(agent, batch, noise)
+        for ref, got in [*zip(critic, grads["critic"], strict=True),
+                         *zip(actor, grads["actor"], strict=True)]:
+            assert got.shape == ref.shape
+            assert (got - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(grads["alpha"][0], alpha_grad)
+        torch.testing.assert_close(grads["metrics"]["LossQ"], loss_q)
+        torch.testing.assert_close(grads["metrics"]["LossPi"], loss_pi)

@@ -27,6 +27,12 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """Standard normals from two uniform ``[0, 1)`` tensors of one shape."""
+    # 1 - u1 lies in (0, 1]: keeps the log finite.
+    return torch.sqrt(-2.0 * torch.log(1.0 - u1)) * torch.cos(2.0 * torch.pi * u2)
+
+
 class PopulationRNG:
     """Independent random streams for ``P`` members, drawn together.
 
@@ -55,13 +61,47 @@ class PopulationRNG:
         n = 1
         for s in shape:
             n *= s
-        index = torch.arange(n, device=self.device, dtype=torch.int64)
-        # Per-member, per-draw key on a [P] tensor (cheap), then two mixing rounds per element.
-        draw_key = _mix32(self.keys ^ ((self.counter * 0x85EBCA77) & _MASK32))[:, None]
-        x = _mix32((draw_key + index * 0x27D4EB2F) & _MASK32)
-        x = _mix32(x ^ self.keys[:, None])
+        x = self._hash(self.counter, 0, n)
         self.counter.add_(1)
         return x.view(self.n_members, *shape)
+
+    def _hash(self, counter: torch.Tensor | int, first: int, n: int) -> torch.Tensor:
+        """``[P, n]`` bits of elements ``first .. first + n`` of the draw numbered ``counter``."""
+        index = torch.arange(first, first + n, device=self.device, dtype=torch.int64)
+        # Per-member, per-draw key on a [P] tensor (cheap), then two mixing rounds per element.
+        draw_key = _mix32(self.keys ^ ((counter * 0x85EBCA77) & _MASK32))
+        x = _mix32((draw_key.view(-1, 1) + index * 0x27D4EB2F) & _MASK32)
+        return _mix32(x ^ self.keys[:, None])
+
+    # ------------------------------------------------------- random access
+    def reserve(self, n_draws: int) -> int:
+        """Set aside ``n_draws`` draw numbers and return the first (one host read).
+
+        Draws made with :meth:`block_uniform` and friends at a reserved number are pure
+        functions of ``(member seed, draw number, element index)``, so a caller can
+        compute any block of them, in any order and any chunking, and get the same values.
+        """
+        first = int(self.counter)
+        self.counter.add_(n_draws)
+        return first
+
+    def block_bits(self, draw: int, rows: slice, width: int) -> torch.Tensor:
+        """``[P, rows, width]`` bits: rows ``rows.start .. rows.stop`` of a ``[*, width]`` draw."""
+        n = rows.stop - rows.start
+        return self._hash(draw, rows.start * width, n * width).view(self.n_members, n, width)
+
+    def block_uniform(self, draw: int, rows: slice, width: int) -> torch.Tensor:
+        """``[P, rows, width]`` uniform floats in ``[0, 1)`` of draw ``draw``."""
+        return (self.block_bits(draw, rows, width) >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+    def block_normal(self, draw: int, rows: slice, width: int) -> torch.Tensor:
+        """``[P, rows, width]`` standard normal floats of draw ``draw`` (Box-Muller)."""
+        u = self.block_uniform(draw, rows, 2 * width)
+        return _box_muller(u[..., :width], u[..., width:])
+
+    def block_randint(self, draw: int, rows: slice, high: int) -> torch.Tensor:
+        """``[P, rows]`` integers in ``[0, high)`` of draw ``draw``."""
+        return (self.block_bits(draw, rows, 1)[..., 0] * high) >> 32
 
     def uniform(self, *shape: int) -> torch.Tensor:
         """Uniform floats in ``[0, 1)``, ``[P, *shape]``, float32 (24 random bits)."""
@@ -70,8 +110,7 @@ class PopulationRNG:
     def normal(self, *shape: int) -> torch.Tensor:
         """Standard normal floats ``[P, *shape]`` (Box-Muller on two uniform draws)."""
         u1, u2 = self.uniform(2, *shape).unbind(1)
-        u1 = 1.0 - u1  # (0, 1]: keeps the log finite
-        return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)
+        return _box_muller(u1, u2)
 
     def randint(self, high: int | torch.Tensor, *shape: int) -> torch.Tensor:
         """Integers in ``[0, high)``, ``[P, *shape]``; ``high`` may be a ``[P]`` tensor.

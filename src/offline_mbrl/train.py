@@ -34,6 +34,7 @@ from offline_mbrl.runs import (
     member_run_dirs,
     write_config,
 )
+from offline_mbrl.runtime import keep_freed_memory
 
 # Streams of the per-member random generators; fixed so that checkpoints stay valid.
 _AGENT_STREAM, _DATA_STREAM, _ACTION_STREAM, _ROLLOUT_STREAM = 1, 2, 3, 4
@@ -62,46 +63,48 @@ def compile_networks(module: torch.nn.Module, device: torch.device) -> None:
             sub.forward = torch.compile(sub.forward, mode=mode, dynamic=False)  # type: ignore[method-assign]
 
 
+BATCH_BLOCK_STEPS = 64
+"""Offline training steps whose batches are drawn together (see ``Trainer._batch_block``)."""
+
+
 def agent_kind(mode: str) -> str:
     return "bc" if mode == "behavioral-cloning" else "sac"
 
 
 @dataclass
 class EpochMetrics:
-    """Sums of per-update metrics over an epoch, kept on the device until read.
+    """Per-update metrics of an epoch, kept on the device until read.
 
-    A handful of tensor ops per update and no host synchronisation: the metrics are
-    stacked into one ``[M, P]`` tensor and added to a float64 sum (thousands of float32
-    additions would drift visibly). ``finite_prefix`` counts the updates before the first
-    non-finite one, so the failing update can be named once the epoch is read.
+    Each update costs one operator call: its metrics are stacked into the next row of a
+    preallocated ``[rows, M, P]`` float32 block. :meth:`read` sums the rows in float64
+    (thousands of float32 additions would drift visibly) and finds the first non-finite
+    update, so it can be named, with no host synchronisation before then.
     """
 
     keys: list[str] = field(default_factory=list)
-    total: torch.Tensor | None = None
+    blocks: list[torch.Tensor] = field(default_factory=list)
     count: int = 0
-    finite_prefix: torch.Tensor | None = None
-    still_finite: torch.Tensor | None = None
+    block_rows: int = 1024
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        stacked = torch.stack(list(metrics.values())).double()
-        finite = torch.isfinite(stacked.sum())
-        if self.total is None:
-            self.keys = list(metrics)
-            self.total = stacked
-            self.still_finite = finite
-            self.finite_prefix = finite.long()
-        else:
-            self.total += stacked
-            self.still_finite &= finite
-            self.finite_prefix += self.still_finite
+        row = self.count % self.block_rows
+        if row == 0:
+            if not self.keys:
+                self.keys = list(metrics)
+            first = next(iter(metrics.values()))
+            self.blocks.append(first.new_empty(self.block_rows, len(self.keys), *first.shape))
+        torch.stack(list(metrics.values()), out=self.blocks[-1][row])
         self.count += 1
 
     def read(self) -> tuple[dict[str, np.ndarray], int | None]:
         """Means ``{name: [P]}`` and the index of the first non-finite update, if any."""
-        if self.total is None:
+        if not self.count:
             return {}, None
-        means = (self.total / self.count).cpu().numpy()
-        first_bad = None if bool(self.still_finite) else int(self.finite_prefix)
+        rows = torch.cat(self.blocks)[:self.count]  # [count, M, P]
+        finite = torch.isfinite(rows).flatten(1).all(dim=1)
+        means = (rows.double().sum(0) / self.count).cpu().numpy()
+        bad = (~finite).nonzero()
+        first_bad = int(bad[0, 0]) if bad.numel() else None
         return dict(zip(self.keys, means, strict=True)), first_bad
 
 
@@ -121,6 +124,8 @@ class Trainer:
                  ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.spec = get_env_spec(config.env_name)
@@ -349,18 +354,44 @@ class Trainer:
         # A host-side flag, not virtual.size: reading a device tensor each step would sync.
         return self._virtual_empty or self.total_updates % self.config.rollout_every == 0
 
-    def _mixed_source(self, real: Callable[[int], torch.Tensor]) -> Callable[[], torch.Tensor]:
-        """Batches with ``real_ratio`` real rows and the rest from the synthetic buffer."""
+    def _batch_split(self) -> tuple[int, int]:
+        """``(real, synthetic)`` rows per batch: ``real_ratio`` real, the rest synthetic."""
         batch_size = self.config.agent.batch_size
-        n_real = round(self.config.real_ratio * batch_size) if self.model_based else batch_size
-        n_virtual = batch_size - n_real
+        if not self.model_based or self.virtual is None:
+            return batch_size, 0
+        n_real = round(self.config.real_ratio * batch_size)
+        return n_real, batch_size - n_real
+
+    def _mixed_source(self, real: Callable[[int], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """One batch per call: ``real_ratio`` real rows and the rest from the synthetic buffer."""
+        n_real, n_virtual = self._batch_split()
         virtual = self.virtual
         rng = self.rngs["data"]
         if n_virtual == 0 or virtual is None:
-            return lambda: real(batch_size)
+            return lambda: real(n_real)
         if n_real == 0:
             return lambda: virtual.sample(n_virtual, rng)
         return lambda: torch.cat([real(n_real), virtual.sample(n_virtual, rng)], dim=1)
+
+    def _batch_block(self, n_updates: int) -> torch.Tensor:
+        """``[P, n_updates, B, F]`` offline batches drawn and gathered at once.
+
+        Between rollout rounds neither the dataset nor the synthetic buffer changes, so
+        the batches of many updates can be drawn together: two gathers for the block
+        instead of a dozen small operators per update.
+        """
+        assert self.dataset is not None
+        n_real, n_virtual = self._batch_split()
+        rng = self.rngs["data"]
+        parts = []
+        if n_real:
+            parts.append(self.dataset.sample(n_updates * n_real, rng).view(
+                self.P, n_updates, n_real, -1))
+        if n_virtual:
+            assert self.virtual is not None
+            parts.append(self.virtual.sample(n_virtual * n_updates, rng).view(
+                self.P, n_updates, n_virtual, -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     def _retrain_online_model(self) -> None:
         """mbpo: fit the model to the real buffer (member 0; mbpo runs one seed)."""
@@ -485,12 +516,25 @@ class Trainer:
         dataset = self.dataset
         assert dataset is not None
         real = lambda n: dataset.sample(n, self.rngs["data"])  # noqa: E731
-        source = self._mixed_source(real)
-        for _ in range(steps):
+        per_step = self.config.agent_updates_per_step
+        block, used = None, 0
+        for step in range(steps):
             if self.model_based and self._rollout_due():
                 # Rollouts start from dataset observations, drawn uniformly.
                 self._rollout_round(real)
-            self._update(source, metrics)
+                block = None
+            if block is None or used == block.shape[1]:
+                n_steps = min(BATCH_BLOCK_STEPS, steps - step)
+                if self.model_based:
+                    every = self.config.rollout_every
+                    until_due = every - self.total_updates % every
+                    n_steps = min(n_steps, -(-until_due // per_step))
+                block, used = self._batch_block(n_steps * per_step), 0
+            for _ in range(per_step):
+                batch = self.layout.unpack(block[:, used])
+                metrics.add(self.agent.update(batch, self.rngs["agent"]))
+                self.total_updates += 1
+                used += 1
             tick()
 
     def evaluate(self) -> Any:

@@ -22,8 +22,13 @@ class Agent(Protocol):
     n_members: int
 
     def act(self, obs: torch.Tensor, deterministic: bool = True,
-            rng: PopulationRNG | None = None) -> torch.Tensor:
-        """``obs [P, n, obs_dim] -> action [P, n, act_dim]`` within the action bounds."""
+            rng: PopulationRNG | None = None, noise: torch.Tensor | None = None
+            ) -> torch.Tensor:
+        """``obs [P, n, obs_dim] -> action [P, n, act_dim]`` within the action bounds.
+
+        Stochastic policies use ``noise [P, n, act_dim]`` (standard normal) when given,
+        else draw from ``rng``; deterministic ones ignore both.
+        """
         ...
 
     def update(self, batch: Batch, rng: PopulationRNG) -> dict[str, torch.Tensor]:

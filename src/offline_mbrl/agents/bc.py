@@ -37,7 +37,8 @@ class BehavioralCloning(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True,
-            rng: PopulationRNG | None = None) -> torch.Tensor:
+            rng: PopulationRNG | None = None, noise: torch.Tensor | None = None
+            ) -> torch.Tensor:
         """``obs [P, n, obs_dim] -> action [P, n, act_dim]``; BC policies are deterministic."""
         return self.scaler.to_env(torch.tanh(self.actor(obs)))
 

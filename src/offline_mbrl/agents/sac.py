@@ -113,20 +113,32 @@ class SAC(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True,
-            rng: PopulationRNG | None = None) -> torch.Tensor:
-        """``obs [P, n, obs_dim] -> action [P, n, act_dim]`` in environment units."""
+            rng: PopulationRNG | None = None, noise: torch.Tensor | None = None
+            ) -> torch.Tensor:
+        """``obs [P, n, obs_dim] -> action [P, n, act_dim]`` in environment units.
+
+        Stochastic actions take their standard normal ``noise [P, n, act_dim]`` as given,
+        or draw it from ``rng``.
+        """
         mean, log_std = self._policy(obs)
         if deterministic:
             return self.scaler.to_env(torch.tanh(mean))
-        if rng is None:
-            raise ValueError("stochastic actions need a PopulationRNG")
-        noise = rng.normal(*mean.shape[1:])
-        unit_action, _ = squashed_gaussian(mean, log_std, noise)
-        return self.scaler.to_env(unit_action)
+        if noise is None:
+            if rng is None:
+                raise ValueError("stochastic actions need a PopulationRNG or noise")
+            noise = rng.normal(*mean.shape[1:])
+        # The log-probability is not needed to act: tanh of the reparameterised sample.
+        return self.scaler.to_env(torch.tanh(torch.addcmul(mean, log_std.exp(), noise)))
 
     # ----------------------------------------------------------------- update
     def update(self, batch: Batch, rng: PopulationRNG) -> dict[str, torch.Tensor]:
-        """One SAC step for every member.
+        """One SAC step for every member, differentiated by hand.
+
+        Both losses are taken at the current parameters and both networks then step
+        (the simultaneous update of the original SAC implementation), which lets one
+        actor pass serve the policy and the target and one critic pass serve the
+        critic loss and the policy loss. ``tests/test_sac.py`` checks every gradient
+        against autograd.
 
         Args:
             batch: ``obs [P,B,obs_dim]``, ``action [P,B,act_dim]`` (environment units),
@@ -136,58 +148,22 @@ class SAC(nn.Module):
         Returns:
             ``[P]`` tensors: LossQ, LossPi, LossAlpha, Alpha, QMean, LogPi.
         """
-        obs, next_obs = batch["obs"], batch["next_obs"]
-        unit_action = self.scaler.to_unit(batch["action"])
-        B = obs.shape[1]
-        alpha = self.alpha.detach()[:, None]
-        # One draw for both policy samples: fewer small kernels per update.
-        next_noise, noise = rng.normal(2, B, self.act_dim).unbind(1)
-
         with torch.no_grad():
-            next_mean, next_log_std = self._policy(next_obs)
-            next_action, next_log_prob = squashed_gaussian(next_mean, next_log_std, next_noise)
-            next_q = self.q_values(next_obs, next_action, self.critic_target).min(dim=1).values
-            target = td_target(batch["reward"], batch["terminated"], next_q, next_log_prob,
-                               alpha, self.config.gamma)
-
-        q = self.q_values(obs, unit_action)
-        loss_q = (q - target[:, None]).pow(2).mean(dim=2).sum(dim=1)  # [P]
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss_q.sum().backward()
-        self.critic_optimizer.step()
-
-        mean, log_std = self._policy(obs)
-        new_action, log_prob = squashed_gaussian(mean, log_std, noise)
-        self.critic.requires_grad_(False)
-        q_pi = self.q_values(obs, new_action).min(dim=1).values
-        self.critic.requires_grad_(True)
-        loss_pi = (alpha * log_prob - q_pi).mean(dim=1)  # [P]
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        loss_pi.sum().backward()
-        self.actor_optimizer.step()
-
-        log_prob_mean = log_prob.detach().mean(dim=1)
-        if self.auto_alpha:
-            loss_alpha = -(self.log_alpha * (log_prob_mean + self.target_entropy))
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            loss_alpha.sum().backward()
-            self.alpha_optimizer.step()
-        else:
-            loss_alpha = torch.zeros_like(loss_pi)
-
+            grads = sac_gradients(self, batch, rng)
+        metrics = grads.pop("metrics")
+        for optimizer, key in ((self.critic_optimizer, "critic"),
+                               (self.actor_optimizer, "actor"),
+                               (self.alpha_optimizer, "alpha")):
+            if key == "alpha" and not self.auto_alpha:
+                continue
+            params = optimizer.param_groups[0]["params"]
+            for param, grad in zip(params, grads[key], strict=True):
+                param.grad = grad
+            optimizer.step()
         with torch.no_grad():
-            target_params = list(self.critic_target.parameters())
-            torch._foreach_lerp_(target_params, list(self.critic.parameters()),
-                                 1.0 - self.config.polyak)
-
-        return {
-            "LossQ": loss_q.detach(),
-            "LossPi": loss_pi.detach(),
-            "LossAlpha": loss_alpha.detach(),
-            "Alpha": alpha[:, 0],
-            "QMean": q.detach().mean(dim=(1, 2)),
-            "LogPi": log_prob_mean,
-        }
+            torch._foreach_lerp_(list(self.critic_target.parameters()),
+                                 list(self.critic.parameters()), 1.0 - self.config.polyak)
+        return metrics
 
     # ----------------------------------------------------------------- state
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
@@ -211,3 +187,96 @@ class SAC(nn.Module):
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+
+
+def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG) -> dict[str, Any]:
+    """Gradients of the critic, policy and temperature losses at the current parameters.
+
+    Shapes: ``P`` members, ``B`` rows, twin critics as ``2P`` groups (member-major).
+
+    Returns:
+        ``{"critic": [...], "actor": [...], "alpha": [...]}`` gradients in each network's
+        parameter order (each member's loss summed, so members stay independent), and
+        ``"metrics"``, the ``[P]`` tensors of :meth:`SAC.update`.
+    """
+    obs, next_obs = batch["obs"], batch["next_obs"]
+    P, B, obs_dim = obs.shape
+    A = agent.act_dim
+    alpha = agent.alpha[:, None]  # [P, 1]
+    unit_action = agent.scaler.to_unit(batch["action"])
+    noise = rng.normal(2, B, A).view(P, 2 * B, A)  # rows :B for obs, B: for next_obs
+
+    # Policy at obs (differentiated) and at next_obs (for the target), in one pass.
+    out, actor_inputs = agent.actor.forward_saving_inputs(torch.cat([obs, next_obs], dim=1))
+    mean, raw_log_std = out.chunk(2, dim=-1)
+    log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+    std = log_std.exp()
+    pre_tanh = torch.addcmul(mean, std, noise)
+    action, log_prob = torch.tanh(pre_tanh), _squashed_log_prob(noise, log_std, pre_tanh)
+    new_action, next_action = action[:, :B], action[:, B:]
+    log_prob_new, next_log_prob = log_prob[:, :B], log_prob[:, B:]
+
+    next_q = agent.q_values(next_obs, next_action, agent.critic_target).amin(dim=1)
+    target = td_target(batch["reward"], batch["terminated"], next_q, next_log_prob,
+                       alpha, agent.config.gamma)
+
+    # Critic at (obs, data action) for its loss and at (obs, new action) for the policy's.
+    x = torch.cat([torch.cat([obs, unit_action], dim=-1), torch.cat([obs, new_action], dim=-1)],
+                  dim=1)
+    x = x.unsqueeze(1).expand(P, 2, 2 * B, x.shape[-1]).reshape(2 * P, 2 * B, x.shape[-1])
+    q_all, critic_inputs = agent.critic.forward_saving_inputs(x)
+    q_all = q_all.view(P, 2, 2 * B)
+    q, q_new = q_all[..., :B], q_all[..., B:]
+    td_error = q - target[:, None]
+    loss_q = td_error.square().mean(dim=2).sum(dim=1)  # [P]
+    q_new_min, argmin = q_new.min(dim=1)  # [P, B]
+    loss_pi = (alpha * log_prob_new - q_new_min).mean(dim=1)  # [P]
+
+    # d loss / d q: the TD rows train the critic; the policy rows reach only its input.
+    grad_q = torch.empty_like(q_all)
+    grad_q[..., :B] = td_error * (2.0 / B)
+    grad_q[..., B:] = torch.nn.functional.one_hot(argmin, 2).transpose(1, 2) * (-1.0 / B)
+    critic_grads, grad_x = agent.critic.backward(
+        critic_inputs, grad_q.view(2 * P, 2 * B, 1), weight_rows=slice(0, B),
+        input_rows=slice(B, 2 * B))
+    assert grad_x is not None
+    grad_new_action = grad_x[..., obs_dim:].view(P, 2, B, A).sum(dim=1)
+
+    # Back through the squashed Gaussian: a = tanh(u), u = mean + exp(log_std) · noise,
+    # d log π / d u = 2 tanh(u), d log π / d log_std = -1 (per dimension).
+    a_new, eps = new_action, noise[:, :B]
+    alpha_b = alpha[..., None] / B  # [P, 1, 1]
+    grad_u = torch.addcmul(grad_new_action * (1.0 - a_new.square()), alpha_b, 2.0 * a_new)
+    grad_log_std = (grad_u * std[:, :B] * eps - alpha_b) * (
+        (raw_log_std[:, :B] >= LOG_STD_MIN) & (raw_log_std[:, :B] <= LOG_STD_MAX))
+    actor_grads, _ = agent.actor.backward([h[:, :B] for h in actor_inputs],
+                                          torch.cat([grad_u, grad_log_std], dim=-1))
+
+    log_prob_mean = log_prob_new.mean(dim=1)
+    # loss_alpha = -log α · (mean log π + target entropy), per member.
+    entropy_gap = log_prob_mean + agent.target_entropy
+    loss_alpha = (-(agent.log_alpha * entropy_gap) if agent.auto_alpha
+                  else torch.zeros_like(loss_pi))
+    return {
+        "critic": critic_grads,
+        "actor": actor_grads,
+        "alpha": [-entropy_gap],
+        "metrics": {
+            "LossQ": loss_q,
+            "LossPi": loss_pi,
+            "LossAlpha": loss_alpha,
+            "Alpha": alpha[:, 0],
+            "QMean": q.mean(dim=(1, 2)),
+            "LogPi": log_prob_mean,
+        },
+    }
+
+
+def _squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre_tanh: torch.Tensor
+                       ) -> torch.Tensor:
+    """``[P, R]`` log-density of ``tanh(pre_tanh)`` under the squashed Gaussian."""
+    log_prob = (-0.5 * noise.square() - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * (
+        noise.shape[-1])
+    # log(1 - tanh(u)^2) written in a form that stays finite for large |u|.
+    return log_prob - (2.0 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))
+                       ).sum(-1)

@@ -347,8 +347,12 @@ class EnvironmentModel(nn.Module):
             raise ValueError(
                 f"expected inputs [B, in] or [{self.n_networks}, B, in], got {tuple(x.shape)}"
             )
-        dyn = self.dynamics(x)
-        rew = self.reward_net(x)
+        dtype = self.dynamics.linears()[0].weight.dtype
+        if dtype != x.dtype:  # a reduced-precision copy (see ``with_network_dtype``)
+            x = x.to(dtype)
+            dyn, rew = self.dynamics(x).float(), self.reward_net(x).float()
+        else:
+            dyn, rew = self.dynamics(x), self.reward_net(x)
         d = self.obs_dim
         if not self.probabilistic:
             delta_mean, reward_mean = dyn, rew[..., 0]
@@ -357,6 +361,23 @@ class EnvironmentModel(nn.Module):
         raw_logvar = torch.cat([dyn[..., d:], rew[..., 1:]], dim=-1)
         logvar = soft_clamp_logvar(raw_logvar, self.max_logvar, self.min_logvar)
         return EnsembleOutput(dyn[..., :d], logvar[..., :d], rew[..., 0], logvar[..., d])
+
+    def with_network_dtype(self, dtype: torch.dtype) -> EnvironmentModel:
+        """A frozen copy for inference whose networks compute in ``dtype`` (e.g. bf16).
+
+        Normalisation, log-variance bounds and outputs stay float32; only the matrix
+        products and activations run in ``dtype``. Cast once per rollout round, this
+        avoids autocast's cast of every weight at every call.
+        """
+        if dtype == self.dynamics.linears()[0].weight.dtype:
+            return self
+        device = self.elites.device
+        copy = EnvironmentModel(**self.architecture()).to(device)
+        copy.load_state_dict(self.state_dict())
+        copy.dynamics.to(dtype)
+        copy.reward_net.to(dtype)
+        copy.termination_fn = self.termination_fn
+        return copy.eval().requires_grad_(False)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> EnsembleOutput:
         """Every member's prediction for raw ``obs`` ``[B, obs_dim]`` (or ``[E, B, obs_dim]``,

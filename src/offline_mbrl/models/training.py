@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.errors import NonFiniteError, UserError, validation_message
 from offline_mbrl.models.ensemble import EnsembleOutput, EnvironmentModel
+from offline_mbrl.runtime import keep_freed_memory
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -234,6 +235,8 @@ def train_environment_model(
     """
     config = config or EnvironmentModelConfiguration()
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     _check_finite(dataset)
     start = time.perf_counter()
     name = env_name or dataset.name or ""
