@@ -195,7 +195,8 @@ def time_plain(model, dataset, starts: int, length: int, steps: int) -> dict[str
 
 
 # --------------------------------------------------------------------------- ours
-def time_ours(P: int, dtype: str, data_path: Path, model_path: Path, args) -> dict[str, float]:
+def time_ours(P: int, dtype: str, compiled: bool, data_path: Path, model_path: Path, args
+              ) -> dict[str, float]:
     from offline_mbrl.config import TrainerConfiguration
     from offline_mbrl.train import Trainer
 
@@ -206,9 +207,13 @@ def time_ours(P: int, dtype: str, data_path: Path, model_path: Path, args) -> di
         rollout_every=args.steps, rollout_dtype=dtype,
         n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
         experiment_name=f"bench-p{P}-{dtype}", device=args.device, test_episodes=1,
-        compile=args.compile)
+        compile=compiled)
     trainer = Trainer(config, overwrite=True, progress=False)
-    trainer.train_epoch(steps=5)  # warm-up: first rollout round and allocations
+    # Warm-up: first rollout round, allocations and, compiled, the compilation.
+    trainer.train_epoch(steps=5)
+    if compiled:
+        trainer.total_updates = 0
+        trainer.train_epoch(steps=5)
     result: dict[str, float] = {}
     if P == 1:
         def starts(n: int, t: Trainer = trainer) -> torch.Tensor:
@@ -243,7 +248,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 6])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"],
+                        choices=["eager", "compiled"], help="eager and/or --compile runs")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain reference loop")
     args = parser.parse_args()
 
@@ -254,7 +260,7 @@ def main() -> None:
         train_environment_model,
     )
 
-    console = Console()
+    console = Console(width=150)
     work = Path(tempfile.mkdtemp(prefix="ombrl-bench-"))
     os.environ["OMBRL_DATA_DIR"] = str(work / "experiments")
     dataset = synthetic_dataset(args.transitions)
@@ -272,8 +278,9 @@ def main() -> None:
 
     plain = None if args.no_plain else time_plain(model, dataset, args.starts, args.length,
                                                     args.steps)
-    ours = {(P, dtype): time_ours(P, dtype, data_path, model_path, args)
-            for P in args.sizes for dtype in args.dtypes}
+    ours = {(P, dtype, mode): time_ours(P, dtype, mode == "compiled", data_path, model_path,
+                                        args)
+            for mode in args.modes for P in args.sizes for dtype in args.dtypes}
 
     def ratio(value: float, reference: float | None) -> str:
         return "" if reference is None or math.isnan(value) else f"{value / reference:.2f}×"
@@ -288,10 +295,9 @@ def main() -> None:
                   f"{PEER['epoch_s'] / epoch_s:.2f}× faster",
                   f"≤ {TARGETS['epoch_s']:.0f}")
     plain_rollout = plain["rollout_s"] if plain else None
-    for dtype in args.dtypes:
-        if (1, dtype) in ours:
-            r = ours[(1, dtype)]
-            table.add_row(f"{args.starts // 1000}k × {args.length} rollout, {dtype} (s); "
+    for (P, dtype, mode), r in ours.items():
+        if P == 1:
+            table.add_row(f"{args.starts // 1000}k × {args.length} rollout, {dtype}, {mode} (s); "
                           f"mean length {r['rollout_length']:.2f}",
                           f"{r['rollout_s']:.2f}",
                           f"{plain_rollout:.2f}" if plain_rollout else "",
@@ -303,14 +309,14 @@ def main() -> None:
         table.add_row("plain loop: SAC updates/s, end to end steps/s", "",
                       f"{plain['updates_per_s']:.0f}, {plain['steps_per_s']:.0f}", "", "", "",
                       "")
-    for (P, dtype), r in ours.items():
+    for (P, dtype, mode), r in ours.items():
         target = TARGETS["p1"] if P == 1 else TARGETS["p6"] if P == 6 else None
-        table.add_row(f"SAC seed-updates/s without rollouts, P={P}",
+        table.add_row(f"SAC seed-updates/s without rollouts, P={P}, {mode}",
                       f"{r['updates_per_s'] * P:.0f}", "",
                       ratio(r["updates_per_s"] * P, plain["updates_per_s"] if plain else None),
                       f"{PEER['sac_steps_per_s']}",
                       f"{r['updates_per_s'] * P / PEER['sac_steps_per_s']:.2f}×", "")
-        table.add_row(f"end to end, P={P}, {dtype} rollouts (seed-steps/s)",
+        table.add_row(f"end to end, P={P}, {dtype} rollouts, {mode} (seed-steps/s)",
                       f"{r['seed_steps_per_s']:.0f}", "",
                       ratio(r["seed_steps_per_s"], plain["steps_per_s"] if plain else None),
                       f"{PEER['end_to_end']}",

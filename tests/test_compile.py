@@ -1,18 +1,25 @@
 """The compiled path gives the eager path's results (CPU here; benchmarks/gpu_check.py on CUDA)."""
 
+import math
+
 import torch
 
 from offline_mbrl.agents import SAC
+from offline_mbrl.compiling import compiler
 from offline_mbrl.config import AgentConfiguration
+from offline_mbrl.data.buffer import TransitionLayout
+from offline_mbrl.models.ensemble import EnvironmentModel
 from offline_mbrl.rng import PopulationRNG
-from offline_mbrl.train import compile_networks
+from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
+
+CPU = torch.device("cpu")
 
 
-def test_compiled_sac_matches_eager():
-    config = AgentConfiguration(hidden_layers=2, hidden_units=32, batch_size=16)
+def test_compiled_sac_update_matches_eager():
+    config = AgentConfiguration(hidden_layers=2, hidden_units=32, batch_size=16, alpha="auto")
     eager = SAC(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
     compiled = SAC(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
-    compile_networks(compiled, torch.device("cpu"))
+    compiled.compile_update(compiler(CPU))
     assert set(eager.state_dict()["actor"]) == set(compiled.state_dict()["actor"])
     rng_a, rng_b = PopulationRNG((0, 1)), PopulationRNG((0, 1))
     g = torch.Generator().manual_seed(0)
@@ -24,7 +31,25 @@ def test_compiled_sac_matches_eager():
                  "terminated": torch.zeros(2, 16)}
         m_eager = eager.update(batch, rng_a)
         m_compiled = compiled.update(batch, rng_b)
-        for key in ("LossQ", "LossPi"):
+        for key in m_eager:
             torch.testing.assert_close(m_compiled[key], m_eager[key], rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     obs = torch.randn(2, 7, 5)
     torch.testing.assert_close(compiled.act(obs), eager.act(obs), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_rollout_step_matches_eager():
+    model = EnvironmentModel(3, 2, n_networks=3, n_hidden_layers=1, n_hidden_units=8,
+                             reward_n_hidden_units=8, env_name="Pendulum-v1").eval()
+    agent = SAC(3, 2, -torch.ones(2), torch.ones(2), (0, 1),
+                AgentConfiguration(hidden_layers=1, hidden_units=8))
+    pessimism = Pessimism("penalty", "epistemic", torch.tensor([3, 3]), torch.tensor([1.0, 0.5]),
+                          torch.tensor([math.inf, math.inf]), 5.0)
+    start = torch.randn(2, 10, 3)
+    layout = TransitionLayout(3, 2)
+    eager = rollout(model, agent, start, pessimism, layout, PopulationRNG((0, 1)), chunk=8)
+    compiled = rollout(model, agent, start, pessimism, layout, PopulationRNG((0, 1)), chunk=8,
+                       step_fn=compiler(CPU)(rollout_step))
+    assert torch.equal(eager.valid, compiled.valid)
+    torch.testing.assert_close(compiled.rows, eager.rows, rtol=1e-4, atol=1e-5)

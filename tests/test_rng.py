@@ -43,13 +43,13 @@ def test_state_round_trip():
 def test_block_draws_are_addressable_in_any_chunking():
     rng = PopulationRNG([3, 7])
     draw = rng.reserve(2)
-    whole = rng.block_normal(draw, slice(0, 10), 4)
-    parts = torch.cat([rng.block_normal(draw, slice(0, 3), 4),
-                       rng.block_normal(draw, slice(3, 10), 4)], dim=1)
+    whole = rng.block_normal(draw, 0, 10, 4)
+    parts = torch.cat([rng.block_normal(draw, 0, 3, 4),
+                       rng.block_normal(torch.tensor(draw), torch.tensor(3), 7, 4)], dim=1)
     assert torch.equal(whole, parts)
-    assert torch.equal(PopulationRNG([7]).block_normal(draw, slice(2, 5), 4)[0], whole[1, 2:5])
-    assert not torch.equal(rng.block_normal(draw + 1, slice(0, 10), 4), whole)
-    k = rng.block_randint(draw, slice(0, 5000), 5)
+    assert torch.equal(PopulationRNG([7]).block_normal(draw, 2, 3, 4)[0], whole[1, 2:5])
+    assert not torch.equal(rng.block_normal(draw + 1, 0, 10, 4), whole)
+    k = rng.block_randint(draw, 0, 5000, 5)
     assert set(k.unique().tolist()) == {0, 1, 2, 3, 4}
 
 

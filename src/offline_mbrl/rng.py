@@ -65,9 +65,10 @@ class PopulationRNG:
         self.counter.add_(1)
         return x.view(self.n_members, *shape)
 
-    def _hash(self, counter: torch.Tensor | int, first: int, n: int) -> torch.Tensor:
+    def _hash(self, counter: torch.Tensor | int, first: torch.Tensor | int, n: int
+              ) -> torch.Tensor:
         """``[P, n]`` bits of elements ``first .. first + n`` of the draw numbered ``counter``."""
-        index = torch.arange(first, first + n, device=self.device, dtype=torch.int64)
+        index = torch.arange(n, device=self.device, dtype=torch.int64) + first
         # Per-member, per-draw key on a [P] tensor (cheap), then two mixing rounds per element.
         draw_key = _mix32(self.keys ^ ((counter * 0x85EBCA77) & _MASK32))
         x = _mix32((draw_key.view(-1, 1) + index * 0x27D4EB2F) & _MASK32)
@@ -80,28 +81,34 @@ class PopulationRNG:
         Draws made with :meth:`block_uniform` and friends at a reserved number are pure
         functions of ``(member seed, draw number, element index)``, so a caller can
         compute any block of them, in any order and any chunking, and get the same values.
+        Draw numbers and first rows may be 0-d tensors, which keeps them out of compiled
+        graphs' constants.
         """
         first = int(self.counter)
         self.counter.add_(n_draws)
         return first
 
-    def block_bits(self, draw: int, rows: slice, width: int) -> torch.Tensor:
-        """``[P, rows, width]`` bits: rows ``rows.start .. rows.stop`` of a ``[*, width]`` draw."""
-        n = rows.stop - rows.start
-        return self._hash(draw, rows.start * width, n * width).view(self.n_members, n, width)
+    def block_bits(self, draw: torch.Tensor | int, first: torch.Tensor | int, n: int,
+                   width: int) -> torch.Tensor:
+        """``[P, n, width]`` bits: rows ``first .. first + n`` of a ``[*, width]`` draw."""
+        return self._hash(draw, first * width, n * width).view(self.n_members, n, width)
 
-    def block_uniform(self, draw: int, rows: slice, width: int) -> torch.Tensor:
-        """``[P, rows, width]`` uniform floats in ``[0, 1)`` of draw ``draw``."""
-        return (self.block_bits(draw, rows, width) >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    def block_uniform(self, draw: torch.Tensor | int, first: torch.Tensor | int, n: int,
+                      width: int) -> torch.Tensor:
+        """``[P, n, width]`` uniform floats in ``[0, 1)`` of draw ``draw``."""
+        return (self.block_bits(draw, first, n, width) >> 8).to(torch.float32) * (
+            1.0 / (1 << 24))
 
-    def block_normal(self, draw: int, rows: slice, width: int) -> torch.Tensor:
-        """``[P, rows, width]`` standard normal floats of draw ``draw`` (Box-Muller)."""
-        u = self.block_uniform(draw, rows, 2 * width)
+    def block_normal(self, draw: torch.Tensor | int, first: torch.Tensor | int, n: int,
+                     width: int) -> torch.Tensor:
+        """``[P, n, width]`` standard normal floats of draw ``draw`` (Box-Muller)."""
+        u = self.block_uniform(draw, first, n, 2 * width)
         return _box_muller(u[..., :width], u[..., width:])
 
-    def block_randint(self, draw: int, rows: slice, high: int) -> torch.Tensor:
-        """``[P, rows]`` integers in ``[0, high)`` of draw ``draw``."""
-        return (self.block_bits(draw, rows, 1)[..., 0] * high) >> 32
+    def block_randint(self, draw: torch.Tensor | int, first: torch.Tensor | int, n: int,
+                      high: int) -> torch.Tensor:
+        """``[P, n]`` integers in ``[0, high)`` of draw ``draw``."""
+        return (self.block_bits(draw, first, n, 1)[..., 0] * high) >> 32
 
     def uniform(self, *shape: int) -> torch.Tensor:
         """Uniform floats in ``[0, 1)``, ``[P, *shape]``, float32 (24 random bits)."""

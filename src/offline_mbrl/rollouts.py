@@ -16,8 +16,9 @@ shared model in one batched call per rollout step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -111,11 +112,54 @@ ran fastest between 512 and 2048 rows per call). Every random draw is addressed 
 _DRAWS_PER_STEP = 3  # policy noise, ensemble member choice, model noise
 
 
+class StepResult(NamedTuple):
+    """One model step of every rollout in a chunk (``[P, n, ...]`` tensors)."""
+
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    uncertainty: torch.Tensor
+    unknown: torch.Tensor
+
+
+def rollout_step(model: EnvironmentModel, agent: Agent, obs: torch.Tensor, draw: torch.Tensor,
+                 first: torch.Tensor, pessimism: Pessimism, rng: PopulationRNG) -> StepResult:
+    """Act, predict, sample and apply pessimism for ``obs [P, n, obs_dim]``.
+
+    A pure function of its arguments: its randomness is the three draws ``draw``,
+    ``draw + 1``, ``draw + 2`` (policy noise, member choice, model noise) at rows
+    ``first .. first + n``, both 0-d tensors so that a compiled version of this function
+    is reused for every step. ``Trainer`` compiles it under ``--compile``.
+    """
+    P, N, obs_dim = obs.shape
+    elites = model.elites
+    action = agent.act(obs, deterministic=False,
+                       noise=rng.block_normal(draw, first, N, model.act_dim))
+    flat_obs, flat_action = obs.reshape(P * N, obs_dim), action.reshape(P * N, -1)
+    outputs = model(flat_obs, flat_action)
+    member_idx = elites[rng.block_randint(draw + 1, first, N, elites.numel())].view(P * N)
+    noise = rng.block_normal(draw + 2, first, N, obs_dim + 1).view(P * N, obs_dim + 1)
+    next_obs, reward = sample_next(outputs, flat_obs, member_idx, noise, model.normalizer)
+    terminated = model.terminated(flat_obs, flat_action, next_obs).view(P, N)
+    next_obs, reward = next_obs.view(P, N, obs_dim), reward.view(P, N)
+    if pessimism.kind == "none":
+        u = torch.zeros_like(reward)
+    else:
+        u = uncertainty(pessimism.uncertainty, outputs, model.normalizer, elites).view(P, N)
+    reward, terminated, unknown = apply_pessimism(reward, terminated, u, pessimism)
+    return StepResult(action, reward, next_obs, terminated, u, unknown)
+
+
+StepFn = Callable[..., StepResult]
+
+
 @torch.no_grad()
 def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
             pessimism: Pessimism, layout: TransitionLayout, rng: PopulationRNG,
             n_active: torch.Tensor | None = None, chunk: int = ROLLOUT_CHUNK,
-            dtype: torch.dtype = torch.float32) -> RolloutBatch:
+            dtype: torch.dtype = torch.float32, step_fn: StepFn | None = None
+            ) -> RolloutBatch:
     """Roll the policy out in the model from ``start_obs``.
 
     Args:
@@ -132,6 +176,8 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
         chunk: rows per model call, all members together (see :data:`ROLLOUT_CHUNK`).
         dtype: ``torch.bfloat16`` runs the model's networks in bf16 (a copy cast once per
             round); sampling, uncertainty and pessimism stay in float32.
+        step_fn: a compiled :func:`rollout_step` for full chunks (the last, shorter chunk
+            runs eagerly, so one compilation serves every round).
 
     Returns:
         A :class:`RolloutBatch` of ``H = max(rollout_length)`` steps.
@@ -147,12 +193,15 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
     valid = torch.empty(P, horizon, N, dtype=torch.bool, device=device)
     sums = torch.zeros(3, P, device=device)  # uncertainty, unknown, reward over valid rows
     model = model.with_network_dtype(dtype)
+    model.resolve_termination_fn()  # before a compiled step sees the model
     per_member = max(1, chunk // P)
     for start in range(0, N, per_member):
         starts = slice(start, min(N, start + per_member))
-        sums += _rollout_chunk(model, agent, start_obs[:, starts], active[:, starts],
-                               rows[:, :, starts], valid[:, :, starts], starts, first_draw,
-                               pessimism, layout, rng)
+        fn = step_fn if step_fn is not None and starts.stop - start == per_member else None
+        sums += _rollout_chunk(model, agent, start_obs[:, starts].contiguous(),
+                               active[:, starts],
+                               rows[:, :, starts], valid[:, :, starts], start, first_draw,
+                               pessimism, layout, rng, fn or rollout_step)
     count = valid.sum(dim=(1, 2)).clamp(min=1).float()
     n_starts = active.sum(1).float().clamp(min=1)
     stats = {
@@ -166,45 +215,32 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
 
 def _rollout_chunk(model: EnvironmentModel, agent: Agent, obs: torch.Tensor,
                    alive: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor,
-                   starts: slice, first_draw: int, pessimism: Pessimism,
-                   layout: TransitionLayout, rng: PopulationRNG) -> torch.Tensor:
-    """Rollouts from ``obs [P, n, obs_dim]`` (starts ``starts`` of the round).
+                   first: int, first_draw: int, pessimism: Pessimism,
+                   layout: TransitionLayout, rng: PopulationRNG, step_fn: StepFn
+                   ) -> torch.Tensor:
+    """Rollouts from ``obs [P, n, obs_dim]`` (starts ``first ..`` of the round).
 
     Writes ``rows [P, H, n, F]`` and ``valid [P, H, n]`` in place and returns the ``[3, P]``
     sums of uncertainty, unknown flags and rewards over valid transitions.
     """
-    P, N, obs_dim = obs.shape
+    P = obs.shape[0]
     device = obs.device
-    elites = model.elites.to(device)
     alive = alive.clone()
     sums = torch.zeros(3, P, device=device)
-    act_dim = layout.act_dim
+    first_t = torch.tensor(first, device=device)
     for step in range(rows.shape[1]):
-        draw = first_draw + _DRAWS_PER_STEP * step
         alive &= step < pessimism.rollout_length[:, None]
-        action = agent.act(obs, deterministic=False,
-                           noise=rng.block_normal(draw, starts, act_dim))
-        flat_obs, flat_action = obs.reshape(P * N, obs_dim), action.reshape(P * N, -1)
-        outputs = model(flat_obs, flat_action)
-        member_idx = elites[rng.block_randint(draw + 1, starts, elites.numel())].view(P * N)
-        noise = rng.block_normal(draw + 2, starts, obs_dim + 1).view(P * N, obs_dim + 1)
-        next_obs, reward = sample_next(outputs, flat_obs, member_idx, noise, model.normalizer)
-        terminated = model.terminated(flat_obs, flat_action, next_obs).view(P, N)
-        next_obs, reward = next_obs.view(P, N, obs_dim), reward.view(P, N)
-        if pessimism.kind == "none":
-            u = torch.zeros_like(reward)
-        else:
-            u = uncertainty(pessimism.uncertainty, outputs, model.normalizer, elites).view(P, N)
-        reward, terminated, unknown = apply_pessimism(reward, terminated, u, pessimism)
+        draw = torch.tensor(first_draw + _DRAWS_PER_STEP * step, device=device)
+        result = step_fn(model, agent, obs, draw, first_t, pessimism, rng)
         out = rows[:, step]
         out[..., layout.slices["obs"]] = obs
-        out[..., layout.slices["action"]] = action
-        out[..., layout.slices["reward"]] = reward.unsqueeze(-1)
-        out[..., layout.slices["next_obs"]] = next_obs
-        out[..., layout.slices["terminated"]] = terminated.unsqueeze(-1)
+        out[..., layout.slices["action"]] = result.action
+        out[..., layout.slices["reward"]] = result.reward.unsqueeze(-1)
+        out[..., layout.slices["next_obs"]] = result.next_obs
+        out[..., layout.slices["terminated"]] = result.terminated.unsqueeze(-1)
         valid[:, step] = alive
-        weight = alive.float()
-        sums += torch.stack([u, unknown.float(), reward]).mul_(weight).sum(dim=2)
-        alive &= ~terminated
-        obs = next_obs
+        sums += torch.stack([result.uncertainty, result.unknown.float(), result.reward]
+                            ).mul_(alive.float()).sum(dim=2)
+        alive &= ~result.terminated
+        obs = result.next_obs
     return sums

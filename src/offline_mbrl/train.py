@@ -19,6 +19,7 @@ import torch
 
 from offline_mbrl.agents import SAC, BehavioralCloning, split_member_state, stack_member_states
 from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
+from offline_mbrl.compiling import compile_networks, compiler
 from offline_mbrl.config import MODEL_BASED_MODES, ONLINE_MODES, TrainerConfiguration
 from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
 from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
@@ -26,7 +27,7 @@ from offline_mbrl.errors import NonFiniteError, UserError
 from offline_mbrl.logging import RunLogger
 from offline_mbrl.models.training import resolve_device
 from offline_mbrl.rng import PopulationRNG
-from offline_mbrl.rollouts import Pessimism, rollout
+from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
 from offline_mbrl.runs import (
     CHECKPOINT_FILE,
     claim_run_dirs,
@@ -45,22 +46,6 @@ def make_agent(kind: str, obs_dim: int, act_dim: int, action_low: Any, action_hi
                ) -> SAC | BehavioralCloning:
     cls = BehavioralCloning if kind == "bc" else SAC
     return cls(obs_dim, act_dim, action_low, action_high, seeds, config.agent)
-
-
-def compile_networks(module: torch.nn.Module, device: torch.device) -> None:
-    """Compile the forward of every batched MLP inside ``module``, in place.
-
-    The forward methods are replaced rather than the modules wrapped, so state dict keys
-    (and therefore checkpoints) are the same as in eager mode. On CUDA,
-    ``reduce-overhead`` replays CUDA graphs, which removes the per-kernel launch cost
-    that dominates small-network updates.
-    """
-    from offline_mbrl.models.layers import BatchedMLP
-
-    mode = "reduce-overhead" if device.type == "cuda" else "default"
-    for sub in module.modules():
-        if isinstance(sub, BatchedMLP):
-            sub.forward = torch.compile(sub.forward, mode=mode, dynamic=False)  # type: ignore[method-assign]
 
 
 BATCH_BLOCK_STEPS = 64
@@ -156,14 +141,19 @@ class Trainer:
         resuming = claim_run_dirs(self.run_dirs, resume, overwrite)
         if self.model_based and not self.online and self.model is None:
             self.model = self._train_and_save_model()
-        if self.model is not None and config.compile:
-            compile_networks(self.model, self.device)
 
         self.kind = agent_kind(config.mode)
         self.agent = make_agent(self.kind, self.obs_dim, self.act_dim, self.action_low,
                                 self.action_high, self.seeds, config).to(self.device)
+        self._rollout_step: Any = None
+        self._rollout_model: tuple[Any, Any] | None = None
         if config.compile:
-            compile_networks(self.agent, self.device)
+            compile_fn = compiler(self.device)
+            if isinstance(self.agent, SAC):
+                self.agent.compile_update(compile_fn)
+            else:
+                compile_networks(self.agent, self.device)
+            self._rollout_step = compile_fn(rollout_step)
         self.rngs = {name: PopulationRNG(self.seeds, self.device, stream)
                      for name, stream in (("agent", _AGENT_STREAM), ("data", _DATA_STREAM),
                                           ("action", _ACTION_STREAM),
@@ -341,9 +331,14 @@ class Trainer:
         n_active = torch.div(samples + lengths - 1, lengths, rounding_mode="floor")
         n_starts = int(samples // int(lengths.min()) + 1)
         start_obs = start_source(n_starts)[..., self.layout.slices["obs"]]
-        batch = rollout(self.model, self.agent, start_obs, self.pessimism, self.layout,
-                        self.rngs["rollout"], n_active=n_active,
-                        dtype=getattr(torch, self.config.rollout_dtype))
+        dtype = getattr(torch, self.config.rollout_dtype)
+        if self._rollout_model is None or self._rollout_model[0] is not self.model:
+            # Cast once per model, not per round: a compiled step is specialised on it.
+            self._rollout_model = (self.model, self.model.with_network_dtype(dtype))
+        batch = rollout(self._rollout_model[1], self.agent, start_obs, self.pessimism,
+                        self.layout,
+                        self.rngs["rollout"], n_active=n_active, dtype=dtype,
+                        step_fn=self._rollout_step)
         self.virtual.add(batch.rows, batch.valid)
         self._virtual_empty = False
         for key, value in batch.stats.items():
@@ -374,7 +369,7 @@ class Trainer:
         return lambda: torch.cat([real(n_real), virtual.sample(n_virtual, rng)], dim=1)
 
     def _batch_block(self, n_updates: int) -> torch.Tensor:
-        """``[P, n_updates, B, F]`` offline batches drawn and gathered at once.
+        """``[n_updates, P, B, F]`` offline batches drawn and gathered at once.
 
         Between rollout rounds neither the dataset nor the synthetic buffer changes, so
         the batches of many updates can be drawn together: two gathers for the block
@@ -383,15 +378,18 @@ class Trainer:
         assert self.dataset is not None
         n_real, n_virtual = self._batch_split()
         rng = self.rngs["data"]
-        parts = []
+        # Update-major and freshly laid out, so that every batch is contiguous with the same
+        # strides whatever the block length (a compiled update is specialised on them).
+        block = torch.empty(n_updates, self.P, n_real + n_virtual, self.layout.width,
+                            device=self.device)
         if n_real:
-            parts.append(self.dataset.sample(n_updates * n_real, rng).view(
-                self.P, n_updates, n_real, -1))
+            block[:, :, :n_real] = self.dataset.sample(n_updates * n_real, rng).view(
+                self.P, n_updates, n_real, -1).transpose(0, 1)
         if n_virtual:
             assert self.virtual is not None
-            parts.append(self.virtual.sample(n_virtual * n_updates, rng).view(
-                self.P, n_updates, n_virtual, -1))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+            block[:, :, n_real:] = self.virtual.sample(n_virtual * n_updates, rng).view(
+                self.P, n_updates, n_virtual, -1).transpose(0, 1)
+        return block
 
     def _retrain_online_model(self) -> None:
         """mbpo: fit the model to the real buffer (member 0; mbpo runs one seed)."""
@@ -523,7 +521,7 @@ class Trainer:
                 # Rollouts start from dataset observations, drawn uniformly.
                 self._rollout_round(real)
                 block = None
-            if block is None or used == block.shape[1]:
+            if block is None or used == block.shape[0]:
                 n_steps = min(BATCH_BLOCK_STEPS, steps - step)
                 if self.model_based:
                     every = self.config.rollout_every
@@ -531,7 +529,7 @@ class Trainer:
                     n_steps = min(n_steps, -(-until_due // per_step))
                 block, used = self._batch_block(n_steps * per_step), 0
             for _ in range(per_step):
-                batch = self.layout.unpack(block[:, used])
+                batch = self.layout.unpack(block[used])
                 metrics.add(self.agent.update(batch, self.rngs["agent"]))
                 self.total_updates += 1
                 used += 1

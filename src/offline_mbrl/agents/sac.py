@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,6 +85,19 @@ class SAC(nn.Module):
             requires_grad=self.auto_alpha)
         self.target_entropy = -float(act_dim)
         self._make_optimizers()
+        self._gradients: Callable[[SAC, Batch, PopulationRNG], dict[str, Any]] = sac_gradients
+
+    def compile_update(self, compile_fn: Callable[[Any], Any]) -> None:
+        """Run the gradient computation of :meth:`update` through ``compile_fn``
+        (``torch.compile``; see :mod:`offline_mbrl.compiling`). Optimizer steps stay eager."""
+        compiled = compile_fn(sac_gradients)
+
+        def gradients(agent: SAC, batch: Batch, rng: PopulationRNG) -> dict[str, Any]:
+            # Columns of packed rows are strided views; inductor's kernels run about 30%
+            # slower on them than on contiguous copies, which cost a few microseconds.
+            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, rng)
+
+        self._gradients = gradients
 
     def _make_optimizers(self) -> None:
         lr = self.config.lr
@@ -149,7 +163,7 @@ class SAC(nn.Module):
             ``[P]`` tensors: LossQ, LossPi, LossAlpha, Alpha, QMean, LogPi.
         """
         with torch.no_grad():
-            grads = sac_gradients(self, batch, rng)
+            grads = self._gradients(self, batch, rng)
         metrics = grads.pop("metrics")
         for optimizer, key in ((self.critic_optimizer, "critic"),
                                (self.actor_optimizer, "actor"),
