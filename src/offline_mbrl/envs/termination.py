@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from functools import cache
 
 import numpy as np
 import torch
@@ -60,7 +59,6 @@ WALKER2D_HEALTHY_ANGLE_RANGE = (-1.0, 1.0)
 _NEVER_TERMINATING = frozenset({"Pendulum", "Swimmer", "Reacher", "Pusher", "HumanoidStandup"})
 
 
-@cache
 def _float32_bounds(low: float, high: float) -> tuple[float, float]:
     """``(low', high')`` representable in float32 with ``x > low' ⇔ x > low`` and
     ``x < high' ⇔ x < high`` for every float32 ``x``: round ``low`` down and ``high`` up.
