@@ -208,6 +208,10 @@ def time_ours(P: int, dtype: str, compiled: bool, data_path: Path, model_path: P
         n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
         experiment_name=f"bench-p{P}-{dtype}", device=args.device, test_episodes=1,
         compile=compiled)
+    if compiled:
+        # As in a run of its own: dynamo's caches are per function, and the guards of other
+        # trainers' agents would be checked at every call.
+        torch._dynamo.reset()
     trainer = Trainer(config, overwrite=True, progress=False)
     # Warm-up: first rollout round, allocations and, compiled, the compilation.
     trainer.train_epoch(steps=5)

@@ -153,7 +153,9 @@ class Trainer:
                 self.agent.compile_update(compile_fn)
             else:
                 compile_networks(self.agent, self.device)
-            self._rollout_step = compile_fn(rollout_step)
+            if self.device.type == "cuda" or config.rollout_dtype == "float32":
+                # On CPU inductor's bf16 step measured 9% slower than eager bf16.
+                self._rollout_step = compile_fn(rollout_step)
         self.rngs = {name: PopulationRNG(self.seeds, self.device, stream)
                      for name, stream in (("agent", _AGENT_STREAM), ("data", _DATA_STREAM),
                                           ("action", _ACTION_STREAM),
