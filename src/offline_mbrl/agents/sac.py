@@ -26,6 +26,21 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _ACTOR_SALT, _CRITIC_SALT = 11, 23
 
 
+def squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre_tanh: torch.Tensor
+                      ) -> torch.Tensor:
+    """``[P, R]`` log-density of ``tanh(pre_tanh)`` under the squashed Gaussian.
+
+    Args:
+        noise, log_std, pre_tanh: ``[P, R, act_dim]`` with
+            ``pre_tanh = mean + exp(log_std) · noise``.
+    """
+    log_prob = (-0.5 * noise.square() - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * (
+        noise.shape[-1])
+    # log(1 - tanh(u)^2) written in a form that stays finite for large |u|.
+    return log_prob - (2.0 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))
+                       ).sum(-1)
+
+
 def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reparameterised tanh-Gaussian sample and its log-probability.
@@ -37,11 +52,7 @@ def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Te
         ``action [P, B, act_dim]`` in ``(-1, 1)`` and ``log_prob [P, B]``.
     """
     pre_tanh = mean + log_std.exp() * noise
-    log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    # log(1 - tanh(u)^2) written in a form that stays finite for large |u|.
-    log_prob = log_prob - (2 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2 * pre_tanh))
-                           ).sum(-1)
-    return torch.tanh(pre_tanh), log_prob
+    return torch.tanh(pre_tanh), squashed_log_prob(noise, log_std, pre_tanh)
 
 
 def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
@@ -226,7 +237,7 @@ def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG) -> dict[str, Any
     log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
     std = log_std.exp()
     pre_tanh = torch.addcmul(mean, std, noise)
-    action, log_prob = torch.tanh(pre_tanh), _squashed_log_prob(noise, log_std, pre_tanh)
+    action, log_prob = torch.tanh(pre_tanh), squashed_log_prob(noise, log_std, pre_tanh)
     new_action, next_action = action[:, :B], action[:, B:]
     log_prob_new, next_log_prob = log_prob[:, :B], log_prob[:, B:]
 
@@ -285,12 +296,3 @@ def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG) -> dict[str, Any
         },
     }
 
-
-def _squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre_tanh: torch.Tensor
-                       ) -> torch.Tensor:
-    """``[P, R]`` log-density of ``tanh(pre_tanh)`` under the squashed Gaussian."""
-    log_prob = (-0.5 * noise.square() - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * (
-        noise.shape[-1])
-    # log(1 - tanh(u)^2) written in a form that stays finite for large |u|.
-    return log_prob - (2.0 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))
-                       ).sum(-1)
