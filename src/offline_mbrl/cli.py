@@ -288,7 +288,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("offline_mbrl.cli", "train_main", "train agents (same flags as train_agent.py)"),
     "evaluate": ("offline_mbrl.cli", "evaluate_main", "evaluate trained agents"),
     "demo": ("offline_mbrl.pipeline", "main",
-             "the offline pipeline end to end on an embedded default (about 15 minutes)"),
+             "the offline pipeline end to end on an embedded default (about 5 minutes)"),
     "datasets": ("offline_mbrl.data.commands", "main",
                  "download, collect, inspect, list and export datasets"),
     "train-model": ("offline_mbrl.scripts.train_environment_model", "main",
