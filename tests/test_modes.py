@@ -179,3 +179,33 @@ def test_population_member_trains_like_a_single_run(dirs, mode):
     obs = torch.randn(1, 4, 11)
     torch.testing.assert_close(population.agent.act(obs.expand(2, 4, 11))[1],
                                single.agent.act(obs)[0], rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_pessimistic_run_matches_eager(dirs):
+    """--compile end to end (update and rollout step): the same losses as eager, no
+    recompilation after the first steps, and a checkpoint that resumes eagerly."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = Trainer(config("epistemic-penalty", seeds=(0, 1), experiment_name="eager"),
+                    progress=False)
+    compiled = Trainer(config("epistemic-penalty", seeds=(0, 1), experiment_name="compiled",
+                              compile=True), progress=False)
+    assert compiled._rollout_step is not None
+    compiled_frames = []
+    for _ in range(2):
+        a, b = eager.train_epoch(), compiled.train_epoch()
+        compiled_frames.append(torch._dynamo.utils.counters["frames"]["ok"])
+        for key in ("LossQ", "LossPi", "QMean"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-3, atol=1e-4)
+    assert compiled_frames[0] > 0 and compiled_frames[1] == compiled_frames[0]  # no recompiles
+    for key in compiled.rollout_stats:
+        torch.testing.assert_close(compiled.rollout_stats[key], eager.rollout_stats[key],
+                                   rtol=1e-4, atol=1e-5)
+    compiled.epoch = 1
+    compiled.save()
+    compiled.close()
+    eager.close()
+    resumed = Trainer(config("epistemic-penalty", seeds=(0, 1), experiment_name="compiled",
+                             offline_epochs=2), resume=True, progress=False)
+    assert resumed.epoch == 1 and resumed.total_updates == 40
