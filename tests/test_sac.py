@@ -147,9 +147,10 @@ def test_hand_derived_gradients_equal_autograd():
             agent.actor.linears()[-1].bias[..., 2:] += torch.tensor([3.0, -25.0])
         batch = make_batch(P, B=B, obs_dim=5)
         batch["action"] = batch["action"] * 2
+        rng = PopulationRNG((0, 1, 2))
         with torch.no_grad():
-            grads = sac_gradients(agent, batch, PopulationRNG((0, 1, 2)))
-        noise = PopulationRNG((0, 1, 2)).normal(2, B, 2).view(P, 2 * B, 2)
+            grads = sac_gradients(agent, batch, rng, torch.tensor(5))
+        noise = rng.block_normal(5, 0, 2 * B, 2)
         critic, actor, alpha_grad, loss_q, loss_pi = _autograd_reference(agent, batch, noise)
         for ref, got in [*zip(critic, grads["critic"], strict=True),
                          *zip(actor, grads["actor"], strict=True)]:

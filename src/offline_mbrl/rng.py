@@ -88,6 +88,17 @@ class PopulationRNG:
         self.counter.add_(n_draws)
         return first
 
+    def next_draw(self) -> torch.Tensor:
+        """The next draw number as a 0-d device tensor, and the counter moved past it.
+
+        No host read, and the caller's use of the number mutates nothing: a compiled
+        function that takes it (CUDA graphs refuse functions that mutate their inputs)
+        draws with :meth:`block_normal` and friends.
+        """
+        draw = self.counter.clone()
+        self.counter.add_(1)
+        return draw
+
     def block_bits(self, draw: torch.Tensor | int, first: torch.Tensor | int, n: int,
                    width: int) -> torch.Tensor:
         """``[P, n, width]`` bits: rows ``first .. first + n`` of a ``[*, width]`` draw."""

@@ -243,4 +243,6 @@ def _rollout_chunk(model: EnvironmentModel, agent: Agent, obs: torch.Tensor,
                             ).mul_(alive.float()).sum(dim=2)
         alive &= ~result.terminated
         obs = result.next_obs
+        if step_fn is not rollout_step and obs.is_cuda:
+            obs = obs.clone()  # a CUDA-graph output, overwritten by the next replay
     return sums

@@ -96,17 +96,19 @@ class SAC(nn.Module):
             requires_grad=self.auto_alpha)
         self.target_entropy = -float(act_dim)
         self._make_optimizers()
-        self._gradients: Callable[[SAC, Batch, PopulationRNG], dict[str, Any]] = sac_gradients
+        self._gradients: Callable[[SAC, Batch, PopulationRNG, torch.Tensor], dict[str, Any]] = (
+            sac_gradients)
 
     def compile_update(self, compile_fn: Callable[[Any], Any]) -> None:
         """Run the gradient computation of :meth:`update` through ``compile_fn``
         (``torch.compile``; see :mod:`offline_mbrl.compiling`). Optimizer steps stay eager."""
         compiled = compile_fn(sac_gradients)
 
-        def gradients(agent: SAC, batch: Batch, rng: PopulationRNG) -> dict[str, Any]:
+        def gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tensor
+                      ) -> dict[str, Any]:
             # Columns of packed rows are strided views; inductor's kernels run about 30%
             # slower on them than on contiguous copies, which cost a few microseconds.
-            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, rng)
+            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, rng, draw)
 
         self._gradients = gradients
 
@@ -174,7 +176,7 @@ class SAC(nn.Module):
             ``[P]`` tensors: LossQ, LossPi, LossAlpha, Alpha, QMean, LogPi.
         """
         with torch.no_grad():
-            grads = self._gradients(self, batch, rng)
+            grads = self._gradients(self, batch, rng, rng.next_draw())
         metrics = grads.pop("metrics")
         for optimizer, key in ((self.critic_optimizer, "critic"),
                                (self.actor_optimizer, "actor"),
@@ -214,10 +216,13 @@ class SAC(nn.Module):
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
 
 
-def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG) -> dict[str, Any]:
+def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tensor
+                  ) -> dict[str, Any]:
     """Gradients of the critic, policy and temperature losses at the current parameters.
 
     Shapes: ``P`` members, ``B`` rows, twin critics as ``2P`` groups (member-major).
+    The policy noise is draw ``draw`` of ``rng`` (:meth:`PopulationRNG.next_draw`), so
+    the function mutates none of its inputs and can be captured as a CUDA graph.
 
     Returns:
         ``{"critic": [...], "actor": [...], "alpha": [...]}`` gradients in each network's
@@ -229,7 +234,7 @@ def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG) -> dict[str, Any
     A = agent.act_dim
     alpha = agent.alpha[:, None]  # [P, 1]
     unit_action = agent.scaler.to_unit(batch["action"])
-    noise = rng.normal(2, B, A).view(P, 2 * B, A)  # rows :B for obs, B: for next_obs
+    noise = rng.block_normal(draw, 0, 2 * B, A)  # rows :B for obs, B: for next_obs
 
     # Policy at obs (differentiated) and at next_obs (for the target), in one pass.
     out, actor_inputs = agent.actor.forward_saving_inputs(torch.cat([obs, next_obs], dim=1))
