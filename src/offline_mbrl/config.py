@@ -138,8 +138,8 @@ class TrainerConfiguration(_Frozen):
     other busy processes, 1 avoids OpenMP threads spinning against each other."""
     compile: bool = False
     """Compile the SAC update and the rollout step with torch.compile; on CUDA with mode
-    reduce-overhead, which captures them as CUDA graphs. Also faster on CPU (about 15%),
-    after about a minute of compilation at the start of the run."""
+    reduce-overhead, which captures them as CUDA graphs. Also faster on CPU (about 20% per
+    update), after about a minute of compilation at the start of the run."""
     experiment_name: str | None = None
     """Experiment directory name; default <env_name>-<mode>."""
     dataset: str | None = None

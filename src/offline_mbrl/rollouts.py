@@ -197,11 +197,11 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
     per_member = max(1, chunk // P)
     for start in range(0, N, per_member):
         starts = slice(start, min(N, start + per_member))
-        fn = step_fn if step_fn is not None and starts.stop - start == per_member else None
+        full = starts.stop - start == per_member
+        fn = step_fn if step_fn is not None and full else rollout_step
         sums += _rollout_chunk(model, agent, start_obs[:, starts].contiguous(),
-                               active[:, starts],
-                               rows[:, :, starts], valid[:, :, starts], start, first_draw,
-                               pessimism, layout, rng, fn or rollout_step)
+                               active[:, starts], rows[:, :, starts], valid[:, :, starts],
+                               start, first_draw, pessimism, layout, rng, fn)
     count = valid.sum(dim=(1, 2)).clamp(min=1).float()
     n_starts = active.sum(1).float().clamp(min=1)
     stats = {

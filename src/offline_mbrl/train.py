@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -338,8 +339,7 @@ class Trainer:
             # Cast once per model, not per round: a compiled step is specialised on it.
             self._rollout_model = (self.model, self.model.with_network_dtype(dtype))
         batch = rollout(self._rollout_model[1], self.agent, start_obs, self.pessimism,
-                        self.layout,
-                        self.rngs["rollout"], n_active=n_active, dtype=dtype,
+                        self.layout, self.rngs["rollout"], n_active=n_active, dtype=dtype,
                         step_fn=self._rollout_step)
         self.virtual.add(batch.rows, batch.valid)
         self._virtual_empty = False
@@ -517,24 +517,22 @@ class Trainer:
         assert dataset is not None
         real = lambda n: dataset.sample(n, self.rngs["data"])  # noqa: E731
         per_step = self.config.agent_updates_per_step
-        block, used = None, 0
+        batches: Iterator[torch.Tensor] = iter(())
+        steps_left = 0  # in the current block of batches
         for step in range(steps):
             if self.model_based and self._rollout_due():
                 # Rollouts start from dataset observations, drawn uniformly.
                 self._rollout_round(real)
-                block = None
-            if block is None or used == block.shape[0]:
-                n_steps = min(BATCH_BLOCK_STEPS, steps - step)
+                steps_left = 0
+            if steps_left == 0:
+                steps_left = min(BATCH_BLOCK_STEPS, steps - step)
                 if self.model_based:
                     every = self.config.rollout_every
                     until_due = every - self.total_updates % every
-                    n_steps = min(n_steps, -(-until_due // per_step))
-                block, used = self._batch_block(n_steps * per_step), 0
-            for _ in range(per_step):
-                batch = self.layout.unpack(block[used])
-                metrics.add(self.agent.update(batch, self.rngs["agent"]))
-                self.total_updates += 1
-                used += 1
+                    steps_left = min(steps_left, -(-until_due // per_step))
+                batches = iter(self._batch_block(steps_left * per_step))
+            self._update(partial(next, batches), metrics)
+            steps_left -= 1
             tick()
 
     def evaluate(self) -> Any:

@@ -348,19 +348,17 @@ class EnvironmentModel(nn.Module):
 
     def forward_normalized(self, x: torch.Tensor) -> EnsembleOutput:
         """Networks on standardised inputs ``[B, in]`` or ``[E, B, in]``."""
+        # float32, or the dtype of a reduced-precision copy (see ``with_network_dtype``).
         dtype = self.dynamics.linears()[0].weight.dtype
+        x = x.to(dtype)
         if x.dim() == 2:
             # A materialised copy: baddbmm is slower on a stride-0 batch dimension.
-            x = x.to(dtype).expand(self.n_networks, *x.shape).contiguous()
+            x = x.expand(self.n_networks, *x.shape).contiguous()
         elif x.dim() != 3 or x.shape[0] != self.n_networks:
             raise ValueError(
                 f"expected inputs [B, in] or [{self.n_networks}, B, in], got {tuple(x.shape)}"
             )
-        if dtype != torch.float32:  # a reduced-precision copy (see ``with_network_dtype``)
-            x = x.to(dtype)
-            dyn, rew = self.dynamics(x).float(), self.reward_net(x).float()
-        else:
-            dyn, rew = self.dynamics(x), self.reward_net(x)
+        dyn, rew = self.dynamics(x).float(), self.reward_net(x).float()
         d = self.obs_dim
         if not self.probabilistic:
             delta_mean, reward_mean = dyn, rew[..., 0]
@@ -382,7 +380,6 @@ class EnvironmentModel(nn.Module):
         copy = deepcopy(self)
         copy.dynamics.to(dtype)
         copy.reward_net.to(dtype)
-        copy.termination_fn = self.termination_fn
         return copy.eval().requires_grad_(False)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> EnsembleOutput:
