@@ -11,7 +11,9 @@ Recorded on 2026-11-24 (2-core CPU): epistemic-penalty 7.0 ± 2.8, behavioral cl
 7.0 ± 0.3 (normalised score, mean ± std over 2 seeds); the dataset's SAC policy itself
 reached 7-8 after 15k steps, so both recover the level of their data. On 2026-12-01, with
 the hand-differentiated simultaneous SAC update: epistemic-penalty 7.52, behavioral
-cloning 7.60 (means over 2 seeds), in 4 min 56 s.
+cloning 7.60 (means over 2 seeds), in 4 min 56 s; after the policy-noise stream changed
+(draw numbers taken eagerly), 3.39 and 7.53: the pessimistic score moves a lot with the
+random stream at this size.
 """
 
 import csv
