@@ -10,7 +10,8 @@ Prints, in one run:
 - seconds per dynamics-training epoch on the 200k transitions (80% train);
 - seconds per 50k × 5 rollout (one seed), float32 and bfloat16;
 - gradient steps/s end to end (one rollout round per 1,000 steps, plus the updates)
-  for P = 1 and P = 6 (seed-steps/s for the population), float32 and bfloat16 rollouts;
+  for P = 1 and P = 6 (seed-steps/s for the population), in float32, with bf16 rollouts,
+  and with bf16 rollouts and the mixed-precision SAC update (``--settings``);
 - the same loop written plainly (``PlainLoop``: nn.Linear networks, autograd SAC with
   separate critics, one model call over all 50k starts, per-step ``.item()`` logging),
   single seed and eager, measured in the same run, and the ratios to it.
@@ -201,7 +202,13 @@ def time_plain(model, dataset, starts: int, length: int, steps: int, repeats: in
 
 
 # --------------------------------------------------------------------------- ours
-def time_ours(P: int, dtype: str, compiled: bool, data_path: Path, model_path: Path, args
+# Named precision settings: (rollout dtype of the model, precision of the SAC update).
+SETTINGS = {"float32": ("float32", "float32"),
+            "bf16-rollouts": ("bfloat16", "float32"),
+            "bf16-all": ("bfloat16", "bfloat16")}
+
+
+def time_ours(P: int, setting: str, compiled: bool, data_path: Path, model_path: Path, args
               ) -> dict[str, float]:
     from offline_mbrl.config import TrainerConfiguration
     from offline_mbrl.train import Trainer
@@ -210,9 +217,10 @@ def time_ours(P: int, dtype: str, compiled: bool, data_path: Path, model_path: P
         env_name="hopper-medium-v2", mode="epistemic-penalty", dataset=str(data_path),
         seeds=tuple(range(P)), pretrained_env_model_path=str(model_path),
         rollout_length=(args.length,), pessimism=(1.0,), real_ratio=0.05,
-        rollout_every=args.steps, rollout_dtype=dtype,
+        rollout_every=args.steps, rollout_dtype=SETTINGS[setting][0],
+        agent={"precision": SETTINGS[setting][1]},
         n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
-        experiment_name=f"bench-p{P}-{dtype}", device=args.device, test_episodes=1,
+        experiment_name=f"bench-p{P}-{setting}", device=args.device, test_episodes=1,
         compile=compiled)
     if compiled:
         # As in a run of its own: dynamo's caches are per function, and the guards of other
@@ -263,7 +271,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000,
                         help="gradient steps per end-to-end measurement (one rollout round)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 6])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                        help="precision settings: float32; bf16-rollouts (--rollout_dtype "
+                             "bfloat16); bf16-all (and --precision bfloat16 for the update)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"],
                         choices=["eager", "compiled"], help="eager and/or --compile runs")
@@ -298,9 +308,9 @@ def main() -> None:
 
     plain = None if args.no_plain else time_plain(model, dataset, args.starts, args.length,
                                                     args.steps, args.repeats)
-    ours = {(P, dtype, mode): time_ours(P, dtype, mode == "compiled", data_path, model_path,
-                                        args)
-            for mode in args.modes for P in args.sizes for dtype in args.dtypes}
+    ours = {(P, setting, mode): time_ours(P, setting, mode == "compiled", data_path,
+                                          model_path, args)
+            for mode in args.modes for P in args.sizes for setting in args.settings}
 
     def ratio(value: float, reference: float | None) -> str:
         return "" if reference is None or math.isnan(value) else f"{value / reference:.2f}×"
@@ -315,9 +325,10 @@ def main() -> None:
                   f"{PEER['epoch_s'] / epoch_s:.2f}× faster",
                   f"≤ {TARGETS['epoch_s']:.0f}")
     plain_rollout = plain["rollout_s"] if plain else None
-    for (P, dtype, mode), r in ours.items():
-        if P == 1:
-            table.add_row(f"{args.starts // 1000}k × {args.length} rollout, {dtype}, {mode} (s); "
+    for (P, setting, mode), r in ours.items():
+        if P == 1 and setting != "bf16-all":  # the update's precision does not change it
+            table.add_row(f"{args.starts // 1000}k × {args.length} rollout, "
+                          f"{SETTINGS[setting][0]}, {mode} (s); "
                           f"mean length {r['rollout_length']:.2f}",
                           f"{r['rollout_s']:.2f}",
                           f"{plain_rollout:.2f}" if plain_rollout else "",
@@ -329,14 +340,15 @@ def main() -> None:
         table.add_row("plain loop: SAC updates/s, end to end steps/s", "",
                       f"{plain['updates_per_s']:.0f}, {plain['steps_per_s']:.0f}", "", "", "",
                       "")
-    for (P, dtype, mode), r in ours.items():
+    for (P, setting, mode), r in ours.items():
         target = TARGETS["p1"] if P == 1 else TARGETS["p6"] if P == 6 else None
-        table.add_row(f"SAC seed-updates/s without rollouts, P={P}, {mode}",
+        table.add_row(f"SAC seed-updates/s without rollouts, P={P}, {SETTINGS[setting][1]} "
+                      f"update, {mode}",
                       f"{r['updates_per_s'] * P:.0f}", "",
                       ratio(r["updates_per_s"] * P, plain["updates_per_s"] if plain else None),
                       f"{PEER['sac_steps_per_s']}",
                       f"{r['updates_per_s'] * P / PEER['sac_steps_per_s']:.2f}×", "")
-        table.add_row(f"end to end, P={P}, {dtype} rollouts, {mode} (seed-steps/s)",
+        table.add_row(f"end to end, P={P}, {setting}, {mode} (seed-steps/s)",
                       f"{r['seed_steps_per_s']:.0f}", "",
                       ratio(r["seed_steps_per_s"], plain["steps_per_s"] if plain else None),
                       f"{PEER['end_to_end']}",

@@ -9,7 +9,10 @@ from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.rng import PopulationRNG
 
 SMALL = AgentConfiguration(hidden_layers=2, hidden_units=16)
-AGENTS = [SAC, BehavioralCloning]
+MIXED = SMALL.model_copy(update={"precision": "bfloat16"})
+AGENTS = [pytest.param(SAC, SMALL, id="sac"),
+          pytest.param(SAC, MIXED, id="sac-bfloat16"),
+          pytest.param(BehavioralCloning, SMALL, id="bc")]
 
 
 def batch(P, B=16):
@@ -21,24 +24,24 @@ def batch(P, B=16):
             "terminated": torch.zeros(P, B)}
 
 
-@pytest.mark.parametrize("cls", AGENTS)
-def test_update_returns_flat_member_metrics(cls):
-    agent = cls(3, 2, -torch.ones(2), torch.ones(2), (0, 1, 2), SMALL)
+@pytest.mark.parametrize(("cls", "config"), AGENTS)
+def test_update_returns_flat_member_metrics(cls, config):
+    agent = cls(3, 2, -torch.ones(2), torch.ones(2), (0, 1, 2), config)
     metrics = agent.update(batch(3), PopulationRNG((0, 1, 2)))
     assert "LossPi" in metrics
     for value in metrics.values():
         assert isinstance(value, torch.Tensor) and value.shape == (3,)
 
 
-@pytest.mark.parametrize("cls", AGENTS)
-def test_save_load_identical_actions(cls, tmp_path):
-    agent = cls(3, 2, -torch.ones(2), torch.ones(2), (4, 5), SMALL)
+@pytest.mark.parametrize(("cls", "config"), AGENTS)
+def test_save_load_identical_actions(cls, config, tmp_path):
+    agent = cls(3, 2, -torch.ones(2), torch.ones(2), (4, 5), config)
     rng = PopulationRNG((4, 5))
     for _ in range(3):
         agent.update(batch(2), rng)
     path = tmp_path / "agent.pt"
     torch.save(agent.state_dict(), path)
-    restored = cls(3, 2, -torch.ones(2), torch.ones(2), (0, 0), SMALL)
+    restored = cls(3, 2, -torch.ones(2), torch.ones(2), (0, 0), config)
     restored.load_state_dict(torch.load(path, weights_only=True))
     obs = torch.randn(2, 10, 3)
     assert torch.equal(agent.act(obs), restored.act(obs))
@@ -49,17 +52,17 @@ def test_save_load_identical_actions(cls, tmp_path):
     assert torch.equal(agent.act(obs), restored.act(obs))
 
 
-@pytest.mark.parametrize("cls", AGENTS)
-def test_member_split_and_stack_round_trip(cls):
-    agent = cls(3, 2, -torch.ones(2), torch.ones(2), (1, 2, 3), SMALL)
+@pytest.mark.parametrize(("cls", "config"), AGENTS)
+def test_member_split_and_stack_round_trip(cls, config):
+    agent = cls(3, 2, -torch.ones(2), torch.ones(2), (1, 2, 3), config)
     agent.update(batch(3), PopulationRNG((1, 2, 3)))
     state = agent.state_dict()
     members = [split_member_state(state, 3, m) for m in range(3)]
-    single = cls(3, 2, -torch.ones(2), torch.ones(2), (9,), SMALL)
+    single = cls(3, 2, -torch.ones(2), torch.ones(2), (9,), config)
     single.load_state_dict(members[2])
     obs = torch.randn(1, 5, 3)
     assert torch.equal(single.act(obs)[0], agent.act(obs.expand(3, 5, 3))[2])
-    again = cls(3, 2, -torch.ones(2), torch.ones(2), (0, 0, 0), SMALL)
+    again = cls(3, 2, -torch.ones(2), torch.ones(2), (0, 0, 0), config)
     again.load_state_dict(stack_member_states(members))
     assert torch.equal(again.act(obs.expand(3, 5, 3)), agent.act(obs.expand(3, 5, 3)))
 

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from offline_mbrl.agents import SAC
@@ -15,8 +16,13 @@ from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
 CPU = torch.device("cpu")
 
 
-def test_compiled_sac_update_matches_eager():
-    config = AgentConfiguration(hidden_layers=2, hidden_units=32, batch_size=16, alpha="auto")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_compiled_sac_update_matches_eager(precision):
+    config = AgentConfiguration(hidden_layers=2, hidden_units=32, batch_size=16, alpha="auto",
+                                precision=precision)
+    # Inductor may keep a fused bf16 intermediate in float32: agreement to bf16 rounding.
+    tol = {"rtol": 1e-4, "atol": 1e-5} if precision == "float32" else {"rtol": 2e-2,
+                                                                        "atol": 1e-3}
     eager = SAC(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
     compiled = SAC(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
     compiled.compile_update(compiler(CPU))
@@ -32,24 +38,44 @@ def test_compiled_sac_update_matches_eager():
         m_eager = eager.update(batch, rng_a)
         m_compiled = compiled.update(batch, rng_b)
         for key in m_eager:
-            torch.testing.assert_close(m_compiled[key], m_eager[key], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(m_compiled[key], m_eager[key], **tol)
     for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, **tol)
     obs = torch.randn(2, 7, 5)
-    torch.testing.assert_close(compiled.act(obs), eager.act(obs), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.act(obs), eager.act(obs), **tol)
 
 
-def test_compiled_rollout_step_matches_eager():
+def small_rollout_setup():
     model = EnvironmentModel(3, 2, n_networks=3, n_hidden_layers=1, n_hidden_units=8,
                              reward_n_hidden_units=8, env_name="Pendulum-v1").eval()
     agent = SAC(3, 2, -torch.ones(2), torch.ones(2), (0, 1),
                 AgentConfiguration(hidden_layers=1, hidden_units=8))
     pessimism = Pessimism("penalty", "epistemic", torch.tensor([3, 3]), torch.tensor([1.0, 0.5]),
                           torch.tensor([math.inf, math.inf]), 5.0)
-    start = torch.randn(2, 10, 3)
-    layout = TransitionLayout(3, 2)
+    return model, agent, pessimism, torch.randn(2, 10, 3), TransitionLayout(3, 2)
+
+
+def test_compiled_rollout_step_matches_eager():
+    model, agent, pessimism, start, layout = small_rollout_setup()
     eager = rollout(model, agent, start, pessimism, layout, PopulationRNG((0, 1)), chunk=8)
     compiled = rollout(model, agent, start, pessimism, layout, PopulationRNG((0, 1)), chunk=8,
                        step_fn=compiler(CPU)(rollout_step))
+    assert torch.equal(eager.valid, compiled.valid)
+    torch.testing.assert_close(compiled.rows, eager.rows, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_bf16_step_keeps_the_networks_eager_and_matches():
+    """CPU bf16: the networks run eagerly between compiled graphs, with eager's results."""
+    model, agent, pessimism, start, layout = small_rollout_setup()
+    fast = model.for_rollouts(torch.bfloat16)
+    fast.eager_networks = True
+    fast.resolve_termination_fn()
+    explained = torch._dynamo.explain(rollout_step)(
+        fast, agent, start, torch.tensor(0), torch.tensor(0), pessimism, PopulationRNG((0, 1)))
+    assert explained.graph_break_count >= 1
+    eager = rollout(fast, agent, start, pessimism, layout, PopulationRNG((0, 1)), chunk=8,
+                    dtype=torch.bfloat16)
+    compiled = rollout(fast, agent, start, pessimism, layout, PopulationRNG((0, 1)), chunk=8,
+                       dtype=torch.bfloat16, step_fn=compiler(CPU)(rollout_step))
     assert torch.equal(eager.valid, compiled.valid)
     torch.testing.assert_close(compiled.rows, eager.rows, rtol=1e-4, atol=1e-5)

@@ -67,11 +67,12 @@ def final_return(config: TrainerConfiguration) -> float:
     return float(np.mean([row["AverageTestEpRet"] for row in rows]))
 
 
-def test_online_sac_learns_pendulum(dirs):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_online_sac_learns_pendulum(precision, dirs):
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode="sac", online_epochs=5, steps_per_epoch=1000,
-        random_steps=1000, init_steps=1000, test_episodes=5))
-    assert score > -700, score
+        random_steps=1000, init_steps=1000, test_episodes=5, agent={"precision": precision}))
+    assert score > -700, (precision, score)
 
 
 # Behavioral cloning averages the data's noisy actions (its bang-bang controller becomes a

@@ -12,7 +12,7 @@ from offline_mbrl.data.buffer import TransitionLayout
 from offline_mbrl.models.ensemble import EnvironmentModel
 from offline_mbrl.models.uncertainty import uncertainty
 from offline_mbrl.rng import PopulationRNG
-from offline_mbrl.rollouts import Pessimism, apply_pessimism, rollout
+from offline_mbrl.rollouts import Pessimism, apply_pessimism, rollout, rollout_step
 
 OBS, ACT = 3, 2
 
@@ -167,3 +167,28 @@ def test_rollouts_do_not_depend_on_chunking_or_population():
                      pessimism("penalty", lengths=(3,), penalty=(0.5,), threshold=(math.inf,)),
                      layout, PopulationRNG((1,)), chunk=3)
     torch.testing.assert_close(single.rows[0], whole.rows[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("unc", ["aleatoric", "epistemic"])
+def test_rollouts_compute_only_the_elite_members(unc):
+    """The rollout copy keeps the elites only and gives the full model's every output (to
+    rounding: BLAS blocks a batched product differently for another group count)."""
+    model = EnvironmentModel(OBS, ACT, n_networks=5, n_hidden_layers=1, n_hidden_units=8,
+                             reward_n_hidden_units=8, seed=0).eval()
+    model.termination_fn = lambda o, a, n: n[..., 0] > 1.0
+    assert model.for_rollouts() is model  # every member is an elite
+    model.set_elites([0, 2, 3])
+    copy = model.for_rollouts()
+    assert copy.n_networks == 3 and copy.elites.tolist() == [0, 1, 2]
+    assert copy.dynamics.linears()[0].weight.shape[0] == 3
+    torch.testing.assert_close(copy.dynamics.linears()[0].weight,
+                               model.dynamics.linears()[0].weight[[0, 2, 3]])
+    assert model.n_networks == 5  # the original is untouched
+    agent, rng = small_agent(2), PopulationRNG((0, 1))
+    obs = torch.randn(2, 6, OBS)
+    p = pessimism("penalty", unc, lengths=(1, 1), penalty=(1.0, 1.0))
+    full = rollout_step(model, agent, obs, torch.tensor(0), torch.tensor(0), p, rng)
+    elite = rollout_step(copy, agent, obs, torch.tensor(0), torch.tensor(0), p, rng)
+    assert full.uncertainty.gt(0).all()
+    for name, a, b in zip(full._fields, full, elite, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)

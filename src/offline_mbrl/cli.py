@@ -29,6 +29,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except where it is unset (the configuration's default
+    is already in the help text of configuration flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -104,7 +114,7 @@ def run_main(body: Callable[[], int], interrupted: str = "interrupted") -> int:
 def build_train_parser(prog: str = "train_agent.py") -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, description="Train agents online or offline "
                            "(one batched population per command).",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
     config_group = parser.add_argument_group("trainer configuration")
     add_model_flags(config_group, TrainerConfiguration)
     agent_group = parser.add_argument_group("agent configuration")

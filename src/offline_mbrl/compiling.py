@@ -6,8 +6,10 @@ captures each function as a CUDA graph and replays it, removing the per-kernel l
 that dominates small-network updates. On CPU inductor fuses the elementwise work between
 the matrix products (measured on 2 cores, ``benchmarks/gpu_check.py --device cpu``: the
 update 5.2 -> 4.0 ms at P = 1 and 24.5 -> 19.0 ms at P = 6, a float32 50k × 5 rollout
-5.4 -> 4.1 s), at about 30 s of compilation per function. bf16 rollouts stay eager on
-CPU, where the compiled step was 9% slower.
+5.4 -> 4.1 s), at about 30 s of compilation per function. In bf16 rollouts on CPU the
+model's networks stay eager inside the compiled step (``EnvironmentModel.eager_networks``):
+inductor's bf16 products were slower than oneDNN's, so only the work around them is
+compiled (a step of six seeds' chunk: 16.4 -> 15.1 ms; the whole step compiled: 17.1).
 
 Compiled code is cached per function and specialised on the agent and model objects:
 a process that trains several populations one after another compiles again for each.

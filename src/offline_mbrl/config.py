@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from offline_mbrl.errors import UserError, validation_message
 from offline_mbrl.models.training import EnvironmentModelConfiguration
@@ -58,6 +65,9 @@ class AgentConfiguration(_Frozen):
     """Entropy temperature, or 'auto' to tune it toward a target entropy of −act_dim."""
     batch_size: PositiveInt = 256
     """Transitions per gradient step and member."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Matrix products of the SAC update's hidden layers: float32, or bfloat16 (mixed
+    precision: weights, optimizer, output layers, losses and targets stay float32)."""
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -190,6 +200,13 @@ class TrainerConfiguration(_Frozen):
     @classmethod
     def _scalar_to_tuple(cls, value: Any) -> Any:
         return (value,) if isinstance(value, int | float) else value
+
+    @model_validator(mode="after")
+    def _precision_applies(self) -> TrainerConfiguration:
+        if self.mode == "behavioral-cloning" and self.agent.precision != "float32":
+            raise ValueError("precision bfloat16 applies to the SAC update; behavioral-cloning "
+                             "trains in float32: drop --precision")
+        return self
 
     @property
     def population_seeds(self) -> tuple[int, ...]:

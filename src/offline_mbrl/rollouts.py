@@ -134,6 +134,8 @@ def rollout_step(model: EnvironmentModel, agent: Agent, obs: torch.Tensor, draw:
     """
     P, N, obs_dim = obs.shape
     elites = model.elites
+    # The elites of a ``for_rollouts`` copy are all its members: no selection to make.
+    members = elites if elites.numel() < model.n_networks else None
     action = agent.act(obs, deterministic=False,
                        noise=rng.block_normal(draw, first, N, model.act_dim))
     flat_obs, flat_action = obs.reshape(P * N, obs_dim), action.reshape(P * N, -1)
@@ -146,7 +148,7 @@ def rollout_step(model: EnvironmentModel, agent: Agent, obs: torch.Tensor, draw:
     if pessimism.kind == "none":
         u = torch.zeros_like(reward)
     else:
-        u = uncertainty(pessimism.uncertainty, outputs, model.normalizer, elites).view(P, N)
+        u = uncertainty(pessimism.uncertainty, outputs, model.normalizer, members).view(P, N)
     reward, terminated, unknown = apply_pessimism(reward, terminated, u, pessimism)
     return StepResult(action, reward, next_obs, terminated, u, unknown)
 
@@ -174,8 +176,10 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
         n_active: ``[P]`` how many of the ``N`` starts each member uses (default all);
             lets members with longer rollouts use fewer starts for the same sample count.
         chunk: rows per model call, all members together (see :data:`ROLLOUT_CHUNK`).
-        dtype: ``torch.bfloat16`` runs the model's networks in bf16 (a copy cast once per
-            round); sampling, uncertainty and pessimism stay in float32.
+        dtype: ``torch.bfloat16`` runs the model's networks in bf16; sampling,
+            uncertainty and pessimism stay in float32. The networks run on
+            ``model.for_rollouts(dtype)``, a copy made once per round unless the caller
+            passes one (elite members only).
         step_fn: a compiled :func:`rollout_step` for full chunks (the last, shorter chunk
             runs eagerly, so one compilation serves every round).
 
@@ -192,7 +196,7 @@ def rollout(model: EnvironmentModel, agent: Agent, start_obs: torch.Tensor,
     rows = torch.empty(P, horizon, N, layout.width, device=device)
     valid = torch.empty(P, horizon, N, dtype=torch.bool, device=device)
     sums = torch.zeros(3, P, device=device)  # uncertainty, unknown, reward over valid rows
-    model = model.with_network_dtype(dtype)
+    model = model.for_rollouts(dtype)
     model.resolve_termination_fn()  # before a compiled step sees the model
     per_member = max(1, chunk // P)
     for start in range(0, N, per_member):

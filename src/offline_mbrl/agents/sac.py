@@ -79,6 +79,8 @@ class SAC(nn.Module):
         super().__init__()
         self.config = config
         self.n_members = len(seeds)
+        # The hidden layers' products run in this dtype in updates and when acting alike.
+        self.dtype = getattr(torch, config.precision)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         hidden = (config.hidden_units,) * config.hidden_layers
         P = self.n_members
@@ -122,16 +124,18 @@ class SAC(nn.Module):
 
     # ----------------------------------------------------------------- networks
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.actor(obs).chunk(2, dim=-1)
+        mean, log_std = self.actor(obs, self.dtype).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def q_values(self, obs: torch.Tensor, unit_action: torch.Tensor,
-                 critic: BatchedMLP | None = None) -> torch.Tensor:
-        """``obs [P,B,obs_dim], unit_action [P,B,act_dim] -> Q [P, 2, B]``."""
+                 critic: BatchedMLP | None = None, dtype: torch.dtype | None = None
+                 ) -> torch.Tensor:
+        """``obs [P,B,obs_dim], unit_action [P,B,act_dim] -> Q [P, 2, B]``; ``dtype``: that
+        of the hidden layers' products (see :meth:`BatchedMLP.forward_saving_inputs`)."""
         P, B, _ = obs.shape
         x = torch.cat([obs, unit_action], dim=-1)
         x = x.unsqueeze(1).expand(P, 2, B, x.shape[-1]).reshape(2 * P, B, x.shape[-1])
-        return (critic or self.critic)(x).view(P, 2, B)
+        return (critic or self.critic)(x, dtype).view(P, 2, B)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -232,12 +236,14 @@ def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tens
     obs, next_obs = batch["obs"], batch["next_obs"]
     P, B, obs_dim = obs.shape
     A = agent.act_dim
+    dtype = agent.dtype
     alpha = agent.alpha[:, None]  # [P, 1]
     unit_action = agent.scaler.to_unit(batch["action"])
     noise = rng.block_normal(draw, 0, 2 * B, A)  # rows :B for obs, B: for next_obs
 
     # Policy at obs (differentiated) and at next_obs (for the target), in one pass.
-    out, actor_inputs = agent.actor.forward_saving_inputs(torch.cat([obs, next_obs], dim=1))
+    out, actor_inputs = agent.actor.forward_saving_inputs(torch.cat([obs, next_obs], dim=1),
+                                                              dtype)
     mean, raw_log_std = out.chunk(2, dim=-1)
     log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
     std = log_std.exp()
@@ -246,7 +252,7 @@ def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tens
     new_action, next_action = action[:, :B], action[:, B:]
     log_prob_new, next_log_prob = log_prob[:, :B], log_prob[:, B:]
 
-    next_q = agent.q_values(next_obs, next_action, agent.critic_target).amin(dim=1)
+    next_q = agent.q_values(next_obs, next_action, agent.critic_target, dtype).amin(dim=1)
     target = td_target(batch["reward"], batch["terminated"], next_q, next_log_prob,
                        alpha, agent.config.gamma)
 
@@ -254,7 +260,7 @@ def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tens
     x = torch.cat([torch.cat([obs, unit_action], dim=-1), torch.cat([obs, new_action], dim=-1)],
                   dim=1)
     x = x.unsqueeze(1).expand(P, 2, 2 * B, x.shape[-1]).reshape(2 * P, 2 * B, x.shape[-1])
-    q_all, critic_inputs = agent.critic.forward_saving_inputs(x)
+    q_all, critic_inputs = agent.critic.forward_saving_inputs(x, dtype)
     q_all = q_all.view(P, 2, 2 * B)
     q, q_new = q_all[..., :B], q_all[..., B:]
     td_error = q - target[:, None]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from offline_mbrl.models.layers import BatchedMLP, member_generators
+from offline_mbrl.models.layers import BatchedMLP, member_generators, relu_
 
 ModelType = Literal["probabilistic", "deterministic"]
 TerminationFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -68,10 +68,7 @@ class _InplaceReLU(nn.ReLU):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.bfloat16 and not x.requires_grad:
-            # A bf16 value is negative exactly when its int16 bit pattern is: the integer
-            # clamp gives the same result and is 5.6x faster than bf16 clamp on CPU.
-            x.view(torch.int16).clamp_min_(0)
-            return x
+            return relu_(x)  # the fast bf16 path
         return super().forward(x)
 
 
@@ -249,6 +246,14 @@ def sample_next(
     return next_obs, reward
 
 
+def _networks(dynamics: BatchedMLP, reward_net: BatchedMLP, x: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    return dynamics(x), reward_net(x)
+
+
+_eager_networks = torch.compiler.disable(_networks)
+
+
 class EnvironmentModel(nn.Module):
     """Ensemble of ``n_networks`` dynamics and reward networks, trained side by side.
 
@@ -305,6 +310,10 @@ class EnvironmentModel(nn.Module):
         self.env_name = env_name
         self.seed = int(seed)
         self.termination_fn: TerminationFn | None = None
+        # Inside torch.compile, run the networks eagerly (a graph break around them) and
+        # compile only the rest: on CPU inductor's bf16 products ran slower than eager
+        # oneDNN's, while the elementwise work around them gains from fusion.
+        self.eager_networks = False
 
         heads = 2 if self.probabilistic else 1
         in_features = self.obs_dim + self.act_dim
@@ -358,7 +367,8 @@ class EnvironmentModel(nn.Module):
             raise ValueError(
                 f"expected inputs [B, in] or [{self.n_networks}, B, in], got {tuple(x.shape)}"
             )
-        dyn, rew = self.dynamics(x).float(), self.reward_net(x).float()
+        networks = _eager_networks if self.eager_networks else _networks
+        dyn, rew = (out.float() for out in networks(self.dynamics, self.reward_net, x))
         d = self.obs_dim
         if not self.probabilistic:
             delta_mean, reward_mean = dyn, rew[..., 0]
@@ -380,6 +390,34 @@ class EnvironmentModel(nn.Module):
         copy = deepcopy(self)
         copy.dynamics.to(dtype)
         copy.reward_net.to(dtype)
+        return copy.eval().requires_grad_(False)
+
+    def for_rollouts(self, dtype: torch.dtype = torch.float32) -> EnvironmentModel:
+        """The model rollouts run: the elite members only, networks in ``dtype``.
+
+        Rollouts sample from the elites and measure uncertainty over them, so the other
+        members' outputs would only be discarded: this frozen copy does not compute them
+        (with 5 elites of 7, 29% less arithmetic) and gives the same rollouts. Returns
+        ``self`` when every member is an elite and ``dtype`` is the networks' dtype.
+        """
+        model = self if self.elites.numel() == self.n_networks else self._elite_copy()
+        return model.with_network_dtype(dtype)
+
+    def _elite_copy(self) -> EnvironmentModel:
+        copy = deepcopy(self)
+        idx = self.elites
+        k = int(idx.numel())
+        for mlp in (copy.dynamics, copy.reward_net):
+            mlp.groups = k
+            for layer in mlp.linears():
+                layer.groups = k
+                layer.weight = nn.Parameter(layer.weight.detach()[idx])
+                layer.bias = nn.Parameter(layer.bias.detach()[idx])
+        if self.probabilistic:
+            copy.max_logvar = nn.Parameter(self.max_logvar.detach()[idx])
+            copy.min_logvar = nn.Parameter(self.min_logvar.detach()[idx])
+        copy.n_networks = k
+        copy.elites = torch.arange(k, device=idx.device)
         return copy.eval().requires_grad_(False)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> EnsembleOutput:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from offline_mbrl.cli import OneLineParser, run_main
+from offline_mbrl.cli import DefaultsHelpFormatter, OneLineParser, run_main
 from offline_mbrl.config import PESSIMISTIC_MODES, TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
 
@@ -23,7 +23,7 @@ _NESTED = ("agent", "env_model")
 
 def build_parser(prog: str = "ombrl tune") -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, formatter_class=DefaultsHelpFormatter,
         description="Tune the synthetic rollout length (1..20) and the pessimism of a "
         "pessimistic mode on a dataset: partitioning thresholds on a log scale between the "
         "mean and the maximum dataset uncertainty, penalty coefficients in "
