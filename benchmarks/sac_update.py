@@ -140,11 +140,13 @@ def make_batch(P: int, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def batched_step(P: int, device: torch.device, compiled: bool = False) -> Callable[[], None]:
-    """The population update; ``compiled``: as ``--compile`` runs it."""
+def batched_step(P: int, device: torch.device, compiled: bool = False,
+                 precision: str = "float32") -> Callable[[], None]:
+    """The population update; ``compiled``: as ``--compile`` runs it; ``precision``: as
+    ``--precision`` sets it."""
     seeds = tuple(range(P))
     agent = SAC(OBS_DIM, ACT_DIM, -torch.ones(ACT_DIM), torch.ones(ACT_DIM), seeds,
-                AgentConfiguration(alpha=ALPHA)).to(device)
+                AgentConfiguration(alpha=ALPHA, precision=precision)).to(device)
     if compiled:
         agent.compile_update(compiler(device))
     batch, rng = make_batch(P, device), PopulationRNG(seeds, device)
@@ -268,6 +270,8 @@ def main() -> None:
                         help="on CUDA, skip the CUDA-graph row")
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the row of the update compiled as --compile does")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="skip the row of the mixed-precision update (--precision bfloat16)")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's top operators of the batched update")
     args = parser.parse_args()
@@ -299,6 +303,9 @@ def main() -> None:
         steps = {"batched": batched_step(P, device), "seed-by-seed": seedwise_step(P, device)}
         if not args.no_compile:
             steps["batched, --compile"] = batched_step(P, device, compiled=True)
+        if not args.no_bf16:
+            steps["batched, --precision bfloat16"] = batched_step(P, device,
+                                                                  precision="bfloat16")
         if device.type == "cuda" and not args.no_graph:
             try:
                 steps["batched, CUDA graph"] = graphed_step(P, device)

@@ -13,7 +13,11 @@ reached 7-8 after 15k steps, so both recover the level of their data. On 2026-12
 the hand-differentiated simultaneous SAC update: epistemic-penalty 7.52, behavioral
 cloning 7.60 (means over 2 seeds), in 4 min 56 s; after the policy-noise stream changed
 (draw numbers taken eagerly), 3.39 and 7.53: the pessimistic score moves a lot with the
-random stream at this size.
+random stream at this size. Six seeds of the same pipeline (``ombrl demo --seeds 0 1 2 3 4
+5``, 2026-12-01) gave epistemic-penalty 7.7 ± 1.9 (8.2, 3.6, 7.5, 9.4, 8.9, 8.7: one seed
+falls back to 3.6 in its last epochs) and BC 6.3 ± 2.3, so 3.39 over two seeds was
+variance, not a regression; with ``--precision bfloat16`` the same six seeds (same data and
+model) scored 8.3 ± 2.1 (9.2, 3.7, 8.8, 9.7, 9.2, 9.1).
 """
 
 import csv

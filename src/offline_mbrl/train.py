@@ -151,7 +151,9 @@ class Trainer:
         if config.compile:
             compile_fn = compiler(self.device)
             if isinstance(self.agent, SAC):
-                self.agent.compile_update(compile_fn)
+                if self.device.type == "cuda" or config.agent.precision == "float32":
+                    # On CPU inductor's bf16 update ran 17% slower than eager bf16.
+                    self.agent.compile_update(compile_fn)
             else:
                 compile_networks(self.agent, self.device)
             self._rollout_step = compile_fn(rollout_step)
