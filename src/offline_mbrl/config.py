@@ -66,8 +66,9 @@ class AgentConfiguration(_Frozen):
     batch_size: PositiveInt = 256
     """Transitions per gradient step and member."""
     precision: Literal["float32", "bfloat16"] = "float32"
-    """Matrix products of the SAC update's hidden layers: float32, or bfloat16 (mixed
-    precision: weights, optimizer, output layers, losses and targets stay float32)."""
+    """SAC networks' hidden layers, in updates and when acting: float32, or bfloat16 (mixed
+    precision: weights, Adam, output layers, losses and TD targets stay float32; about
+    1.45x faster updates for six seeds on CPUs with AVX-512 BF16, none for one seed)."""
 
     @field_validator("alpha", mode="before")
     @classmethod
