@@ -20,7 +20,7 @@ import torch
 
 from offline_mbrl.agents import SAC, BehavioralCloning, split_member_state, stack_member_states
 from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
-from offline_mbrl.compiling import compile_networks, compiler
+from offline_mbrl.compiling import compile_networks, compiler, eager_bf16_products
 from offline_mbrl.config import MODEL_BASED_MODES, ONLINE_MODES, TrainerConfiguration
 from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
 from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
@@ -151,8 +151,7 @@ class Trainer:
         if config.compile:
             compile_fn = compiler(self.device)
             if isinstance(self.agent, SAC):
-                if self.device.type == "cuda" or config.agent.precision == "float32":
-                    # On CPU inductor's bf16 update ran 17% slower than eager bf16.
+                if config.agent.precision == "float32" or not eager_bf16_products(self.device):
                     self.agent.compile_update(compile_fn)
             else:
                 compile_networks(self.agent, self.device)
@@ -338,8 +337,8 @@ class Trainer:
         if self._rollout_model is None or self._rollout_model[0] is not self.model:
             # One copy per model, not per round: a compiled step is specialised on it.
             model = self.model.for_rollouts(dtype)
-            if self._rollout_step is not None and self.device.type == "cpu" and (
-                    dtype == torch.bfloat16):
+            if (self._rollout_step is not None and dtype == torch.bfloat16
+                    and eager_bf16_products(self.device)):
                 model.eager_networks = True  # on a bf16 copy: the trained model is untouched
             self._rollout_model = (self.model, model)
         batch = rollout(self._rollout_model[1], self.agent, start_obs, self.pessimism,

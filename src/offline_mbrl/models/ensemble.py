@@ -67,8 +67,8 @@ class _InplaceReLU(nn.ReLU):
         super().__init__(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and not x.requires_grad:
-            return relu_(x)  # the fast bf16 path
+        if not x.requires_grad:
+            return relu_(x)  # exact, and fast in bf16
         return super().forward(x)
 
 
