@@ -1,5 +1,6 @@
 """Smoke tests of the commands with tiny settings, and their handling of bad input."""
 
+import csv
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -197,5 +199,16 @@ def test_main_job_smoke(tmp_path):
     results = tmp_path / "data" / "demo" / "results"
     for name in ("summary.md", "summary.csv", "curves.png", "curves.pdf"):
         assert (results / name).stat().st_size > 0
-    summary = (results / "summary.csv").read_text()
-    assert "epistemic-penalty" in summary and "behavioral-cloning" in summary
+    with (results / "summary.csv").open() as handle:
+        summary = {row["mode"]: row for row in csv.DictReader(handle)}
+    assert set(summary) == {"epistemic-penalty", "behavioral-cloning"}
+    for mode, row in summary.items():
+        # One seed: the final score is the last epoch's, the other the mean of the last three.
+        runs = tmp_path / "data" / "demo" / "experiments"
+        (progress,) = runs.glob(f"*-{mode}/*/progress.txt")
+        with progress.open() as handle:
+            scores = [float(r["NormalizedTestScore"])
+                      for r in csv.DictReader(handle, delimiter="\t")]
+        assert len(scores) == 6
+        assert float(row["score_mean"]) == pytest.approx(scores[-1], abs=1e-3)
+        assert float(row["last_score_mean"]) == pytest.approx(np.mean(scores[-3:]), abs=1e-3)
