@@ -17,9 +17,18 @@ random stream at this size. Six seeds of the same pipeline (``ombrl demo --seeds
 5``, 2026-12-01) gave epistemic-penalty 7.7 ± 1.9 (8.2, 3.6, 7.5, 9.4, 8.9, 8.7: one seed
 falls back to 3.6 in its last epochs) and BC 6.3 ± 2.3; with ``--precision bfloat16`` the
 same six seeds (same data and model) scored 8.3 ± 2.1 (9.2, 3.7, 8.8, 9.7, 9.2, 9.1). The
-two-seed ``make demo`` from a fresh clone the same afternoon still gave 3.5 ± 0.1: seed 0
-scores 8.2 inside the six-seed population but about 3.5 in the two-seed one, which is not
-explained yet (a member should train as in a population of any size).
+two-seed ``make demo`` from a fresh clone the same afternoon gave 3.5 ± 0.1 (seeds 0 and 1
+scored 8.3 and 3.8 one epoch before the end). Why seed 0 differs between the two (checked
+at 14:20 UTC): the six-seed run's dataset, generated at 11:19 UTC from a working tree
+between two commits, is not the file that fresh clones generate (those of 10:30 and 13:45
+UTC were byte-identical). On the six-seed data, seed 0 trained alone with the final code
+scored 6.4, 8.1, 3.6, 8.2, 3.7 and 9.8 over its six epochs: a policy's test episodes flip
+between a fall after about 60 steps (~3.5) and one about twice as long (~8-10) from one
+epoch to the next, so the final evaluation catches either. In a population of two, seed 0
+matched the single run's epoch-1 mean LossQ to 2e-5 and LossPi to 1e-3 (BLAS rounds a
+batched product differently for another group count, and test returns amplify it); its
+return after that epoch was 165 against 189. The demo summary now also gives each member's
+mean over its last three evaluations.
 """
 
 import csv
@@ -35,7 +44,9 @@ def test_pessimistic_agent_and_bc_learn_hopper_medium_replay(tmp_path):
     assert run_pipeline(tmp_path, "epistemic-penalty", seeds=(0, 1), scale=1.0,
                         progress=False) == 0
     with (tmp_path / "results" / "summary.csv").open() as handle:
-        scores = {row["mode"]: float(row["score_mean"]) for row in csv.DictReader(handle)}
+        # The mean of each member's last three evaluations: the last one alone flips.
+        scores = {row["mode"]: float(row["last_score_mean"])
+                  for row in csv.DictReader(handle)}
     print("hopper medium-replay (15k SAC steps) normalised scores:", scores)
     assert scores["behavioral-cloning"] > 3, scores
     assert scores["epistemic-penalty"] > 3, scores
