@@ -306,6 +306,9 @@ def main() -> None:
         if not args.no_bf16:
             steps["batched, --precision bfloat16"] = batched_step(P, device,
                                                                   precision="bfloat16")
+            if not args.no_compile:
+                steps["batched, --precision bfloat16 --compile"] = batched_step(
+                    P, device, compiled=True, precision="bfloat16")
         if device.type == "cuda" and not args.no_graph:
             try:
                 steps["batched, CUDA graph"] = graphed_step(P, device)

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from offline_mbrl.models.layers import BatchedLinear, BatchedMLP, member_generators
+from offline_mbrl.models.layers import BatchedLinear, BatchedMLP, member_generators, relu_
 
 
 def test_batched_linear_equals_separate_linears():
@@ -44,3 +44,23 @@ def test_init_bounds_match_nn_linear():
     layer = BatchedLinear(2, 100, 3)
     bound = 1 / 10
     assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+
+
+def test_bf16_relu_is_exact_and_keeps_its_integer_trick_out_of_compiled_graphs():
+    """Eager bf16 ReLU clamps the int16 bit pattern; traced, it must be a plain clamp:
+    inductor turned every kernel fused with the bit cast into a scalar loop."""
+    x = torch.tensor([[-2.5, -0.0, 0.0, 1e-30, 3.0, -1e-30]]).bfloat16()
+    expected = x.float().clamp_min(0.0).bfloat16()
+    assert torch.equal(relu_(x.clone()), expected)
+    assert not torch.signbit(relu_(x.clone())).any()  # -0.0 becomes +0.0 too
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(lambda t: relu_(t * 1.0), backend=capture, fullgraph=True)
+    assert torch.equal(compiled(x), expected)
+    node_args = [arg for g in graphs for node in g.graph.nodes for arg in node.args]
+    assert graphs and torch.int16 not in node_args

@@ -7,9 +7,12 @@ that dominates small-network updates. On CPU inductor fuses the elementwise work
 the matrix products (measured on 2 cores, ``benchmarks/gpu_check.py --device cpu``: the
 update 5.2 -> 4.0 ms at P = 1 and 24.5 -> 19.0 ms at P = 6, a float32 50k × 5 rollout
 5.4 -> 4.1 s), at about 30 s of compilation per function. In bf16 rollouts on CPU the
-model's networks stay eager inside the compiled step (``EnvironmentModel.eager_networks``):
-inductor's bf16 products were slower than oneDNN's, so only the work around them is
-compiled (a step of six seeds' chunk: 16.4 -> 15.1 ms; the whole step compiled: 17.1).
+model's networks stay eager inside the compiled step (``EnvironmentModel.eager_networks``)
+and only the work around them is compiled (a step of six seeds' chunk: 16.4 -> 15.1 ms;
+the whole step compiled: 17.1). A bf16 SAC update gains from compilation as a float32
+one does (``benchmarks/sac_update.py``, 2026-12-01 14:28 UTC: P = 6 14.8 -> 12.6 ms, P = 1
+6.4 -> 4.5 ms) since ``layers.relu_`` keeps its integer trick out of traced code; with
+it, inductor made scalar loops of the fused kernels and the compiled update ran slower.
 
 Compiled code is cached per function and specialised on the agent and model objects:
 a process that trains several populations one after another compiles again for each.
@@ -45,11 +48,10 @@ def compiler(device: torch.device) -> Callable[[F], F]:
 
 
 def eager_bf16_products(device: torch.device) -> bool:
-    """Whether bf16 matrix products should stay out of compiled graphs on ``device``.
+    """Whether a compiled bf16 rollout step should run the model's networks eagerly.
 
-    On CPU inductor's bf16 products ran slower than eager oneDNN's (measured on 2 cores:
-    the P = 6 SAC update 17% slower, a rollout step 6%), so there a bf16 update stays
-    eager and a bf16 rollout step is compiled around eager networks.
+    On CPU the compiled step ran 6% faster with oneDNN's eager bf16 products between
+    compiled graphs than with the networks inside them (a six-seed chunk on 2 cores).
     """
     return device.type == "cpu"
 

@@ -151,8 +151,7 @@ class Trainer:
         if config.compile:
             compile_fn = compiler(self.device)
             if isinstance(self.agent, SAC):
-                if config.agent.precision == "float32" or not eager_bf16_products(self.device):
-                    self.agent.compile_update(compile_fn)
+                self.agent.compile_update(compile_fn)
             else:
                 compile_networks(self.agent, self.device)
             self._rollout_step = compile_fn(rollout_step)
