@@ -181,6 +181,19 @@ def test_population_member_trains_like_a_single_run(dirs, mode):
                                single.agent.act(obs)[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_compile_flag_compiles_the_update_in_either_precision(dirs, precision):
+    """--compile hands the SAC update to torch.compile whatever the precision (on CPU a
+    compiled bf16 update used to stay eager); compilation itself waits for the first step."""
+    from offline_mbrl.agents.sac import sac_gradients
+
+    trainer = Trainer(config("epistemic-penalty", compile=True, experiment_name=precision,
+                             agent={**TINY_AGENT, "precision": precision}), progress=False)
+    assert trainer.agent._gradients is not sac_gradients
+    assert trainer._rollout_step is not None
+    trainer.close()
+
+
 def test_compiled_pessimistic_run_matches_eager(dirs):
     """--compile end to end (update and rollout step): the same losses as eager, no
     recompilation after the first steps, and a checkpoint that resumes eagerly."""
