@@ -10,8 +10,8 @@ update 5.2 -> 4.0 ms at P = 1 and 24.5 -> 19.0 ms at P = 6, a float32 50k × 5 r
 model's networks stay eager inside the compiled step (``EnvironmentModel.eager_networks``)
 and only the work around them is compiled (a step of six seeds' chunk: 16.4 -> 15.1 ms;
 the whole step compiled: 17.1). A bf16 SAC update gains from compilation as a float32
-one does (``benchmarks/sac_update.py``, 2026-12-01 14:28 UTC: P = 6 14.8 -> 12.6 ms, P = 1
-6.4 -> 4.5 ms) since ``layers.relu_`` keeps its integer trick out of traced code; with
+one does (``benchmarks/sac_update.py``, 2026-12-01 14:57 UTC: P = 6 17.6 -> 14.1 ms, P = 1
+7.3 -> 4.6 ms) since ``layers.relu_`` keeps its integer trick out of traced code; with
 it, inductor made scalar loops of the fused kernels and the compiled update ran slower.
 
 Compiled code is cached per function and specialised on the agent and model objects:
@@ -47,13 +47,14 @@ def compiler(device: torch.device) -> Callable[[F], F]:
     return compile_fn
 
 
-def eager_bf16_products(device: torch.device) -> bool:
-    """Whether a compiled bf16 rollout step should run the model's networks eagerly.
+def eager_rollout_networks(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a compiled rollout step in ``dtype`` should run the model's networks eagerly.
 
-    On CPU the compiled step ran 6% faster with oneDNN's eager bf16 products between
-    compiled graphs than with the networks inside them (a six-seed chunk on 2 cores).
+    Only bf16 on CPU: there the compiled step ran 6% faster with oneDNN's eager bf16
+    products between compiled graphs than with the networks inside them (a six-seed chunk
+    on 2 cores; see benchmarks/README.md).
     """
-    return device.type == "cpu"
+    return device.type == "cpu" and dtype == torch.bfloat16
 
 
 def compile_networks(module: torch.nn.Module, device: torch.device) -> None:

@@ -17,14 +17,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from offline_mbrl.train import Trainer
 
 DATASET = "hopper-medium-replay-v2"
 LAST_EVALUATIONS = 3
 """The summary's second score averages each member's last this many evaluations."""
 
 
-def _train(trainer: Any) -> list[list[dict[str, float]]]:
+def _train(trainer: Trainer) -> list[list[dict[str, float]]]:
     """Run ``trainer``; every epoch's progress rows (one per member), oldest first."""
     history: list[list[dict[str, float]]] = []
     trainer.run(on_epoch=lambda epoch, rows: history.append(rows))

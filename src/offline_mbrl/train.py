@@ -20,7 +20,7 @@ import torch
 
 from offline_mbrl.agents import SAC, BehavioralCloning, split_member_state, stack_member_states
 from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
-from offline_mbrl.compiling import compile_networks, compiler, eager_bf16_products
+from offline_mbrl.compiling import compile_networks, compiler, eager_rollout_networks
 from offline_mbrl.config import MODEL_BASED_MODES, ONLINE_MODES, TrainerConfiguration
 from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
 from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
@@ -336,8 +336,7 @@ class Trainer:
         if self._rollout_model is None or self._rollout_model[0] is not self.model:
             # One copy per model, not per round: a compiled step is specialised on it.
             model = self.model.for_rollouts(dtype)
-            if (self._rollout_step is not None and dtype == torch.bfloat16
-                    and eager_bf16_products(self.device)):
+            if self._rollout_step is not None and eager_rollout_networks(self.device, dtype):
                 model.eager_networks = True  # on a bf16 copy: the trained model is untouched
             self._rollout_model = (self.model, model)
         batch = rollout(self._rollout_model[1], self.agent, start_obs, self.pessimism,

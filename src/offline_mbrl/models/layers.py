@@ -82,7 +82,8 @@ def relu_(x: torch.Tensor) -> torch.Tensor:
         # clamp gives the same result and is 5.6x faster than eager bf16 clamp on CPU.
         # Not when compiling: inductor cannot vectorise the bit cast back to bf16, and
         # every kernel fused with it ran as a scalar loop (a compiled six-seed bf16 SAC
-        # update ran 20% slower than eager), while its own bf16 clamp is vectorised.
+        # update ran 17% slower than eager; benchmarks/README.md), while inductor's own
+        # bf16 clamp is vectorised.
         x.view(torch.int16).clamp_min_(0)
         return x
     return x.clamp_min_(0.0)
