@@ -12,6 +12,8 @@ Prints, in one run:
 - gradient steps/s end to end (one rollout round per 1,000 steps, plus the updates)
   for P = 1 and P = 6 (seed-steps/s for the population), in float32, with bf16 rollouts,
   and with bf16 rollouts and the mixed-precision SAC update (``--settings``);
+- the arithmetic it needs (GFLOP per 1,000 steps and one rollout round, counted by
+  ``torch.utils.flop_counter``) and the rate at which each configuration ran;
 - the same loop written plainly (``PlainLoop``: nn.Linear networks, autograd SAC with
   separate critics, one model call over all 50k starts, per-step ``.item()`` logging),
   single seed and eager, measured in the same run, and the ratios to it.
@@ -263,6 +265,37 @@ def time_ours(P: int, setting: str, compiled: bool, data_path: Path, model_path:
     return result
 
 
+def count_flops(data_path: Path, model_path: Path, args) -> dict[str, float]:
+    """Floating-point operations of one rollout round and of one SAC update (P = 1).
+
+    Counted by ``torch.utils.flop_counter`` (matrix products only: the elementwise work
+    is small beside them), so that the steps/s figures can be read against the arithmetic
+    they need. The counts do not depend on the precision.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from offline_mbrl.config import TrainerConfiguration
+    from offline_mbrl.train import Trainer
+
+    config = TrainerConfiguration(
+        env_name="hopper-medium-v2", mode="epistemic-penalty", dataset=str(data_path),
+        seeds=(0,), pretrained_env_model_path=str(model_path), rollout_length=(args.length,),
+        pessimism=(1.0,), real_ratio=0.05, rollout_every=args.steps,
+        n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
+        experiment_name="bench-flops", device=args.device, test_episodes=1)
+    trainer = Trainer(config, overwrite=True, progress=False)
+    trainer.train_epoch(steps=5)
+    with FlopCounterMode(display=False) as counter:
+        trainer._rollout_round(lambda n: trainer.dataset.sample(n, trainer.rngs["data"]))
+    rollout = counter.get_total_flops()
+    trainer.total_updates = 1  # updates only
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_epoch(steps=10)
+    update = counter.get_total_flops() / 10
+    trainer.close()
+    return {"rollout": rollout, "update": update, "per_round": rollout + args.steps * update}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transitions", type=int, default=200_000)
@@ -308,6 +341,7 @@ def main() -> None:
 
     plain = None if args.no_plain else time_plain(model, dataset, args.starts, args.length,
                                                     args.steps, args.repeats)
+    flops = count_flops(data_path, model_path, args)
     ours = {(P, setting, mode): time_ours(P, setting, mode == "compiled", data_path,
                                           model_path, args)
             for mode in args.modes for P in args.sizes for setting in args.settings}
@@ -355,6 +389,16 @@ def main() -> None:
                       f"{r['seed_steps_per_s'] / PEER['end_to_end']:.2f}×",
                       f"≥ {target:.0f}" if target else "")
     console.print(table)
+    gflop = flops["per_round"] / 1e9
+    console.print(
+        f"Arithmetic per {args.steps} steps and one rollout round, per seed: {gflop:.0f} GFLOP "
+        f"({flops['rollout'] / 1e9:.0f} in the rollout, {flops['update'] / 1e9:.3f} per "
+        f"update). The one-seed target of {TARGETS['p1']:.0f} steps/s needs "
+        f"{gflop * TARGETS['p1'] / args.steps:.0f} GFLOP/s sustained; the figures above "
+        "ran at:")
+    for (P, setting, mode), r in ours.items():
+        console.print(f"  P={P}, {setting}, {mode}: "
+                      f"{gflop * r['seed_steps_per_s'] / args.steps:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,44 @@ def test_bf16_relu_is_exact_and_keeps_its_integer_trick_out_of_compiled_graphs()
     assert torch.equal(compiled(x), expected)
     node_args = [arg for g in graphs for node in g.graph.nodes for arg in node.args]
     assert graphs and torch.int16 not in node_args
+
+
+def test_products_that_would_leave_a_thread_idle_are_split_and_give_the_same_result():
+    """7 groups on 2 threads: 6 in one batched product, the 7th on its own (same values)."""
+    from offline_mbrl.models import layers
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(7, 300, 128, generator=gen)
+        weight = torch.randn(7, 128, 130, generator=gen)
+        bias = torch.randn(7, 1, 130, generator=gen)
+        with torch.no_grad():
+            assert layers._unbalanced_on_threads(x, weight, bias)
+            out = layers.affine(x, weight, bias)
+        torch.testing.assert_close(out, torch.baddbmm(bias, x, weight), rtol=1e-5, atol=1e-4)
+        # Balanced counts, bf16, small products and products autograd must see stay whole.
+        assert not layers._unbalanced_on_threads(x[:6], weight[:6], bias[:6])
+        assert not layers._unbalanced_on_threads(x.bfloat16(), weight.bfloat16(),
+                                                 bias.bfloat16())
+        assert not layers._unbalanced_on_threads(x[:, :100], weight, bias)
+        assert not layers._unbalanced_on_threads(x, weight.requires_grad_(), bias)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_explicit_backward_matches_autograd_with_narrow_first_and_last_layers():
+    """The transposed products for few inputs (first layer) and few outputs (last)."""
+    torch.manual_seed(0)
+    mlp = BatchedMLP(2, 5, 3, (40, 40))
+    x = torch.randn(2, 9, 5, requires_grad=True)
+    grad_out = torch.randn(2, 9, 3)
+    out, inputs = mlp.forward_saving_inputs(x.detach())
+    torch.testing.assert_close(out, mlp(x.detach()))
+    grads, grad_in = mlp.backward(inputs, grad_out, input_rows=slice(0, 9))
+    (mlp(x) * grad_out).sum().backward()
+    for param, grad in zip(mlp.parameters(), grads, strict=True):
+        torch.testing.assert_close(grad, param.grad, rtol=1e-5, atol=1e-6)
+    assert grad_in is not None and x.grad is not None
+    torch.testing.assert_close(grad_in, x.grad, rtol=1e-5, atol=1e-6)
