@@ -202,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    from offline_mbrl.runtime import keep_freed_memory
+
+    # As the trainer and model training do: without it, every freed block of the batched
+    # side (a [7, 2048, 200] activation is 11 MB) goes back to the OS and the next one
+    # page-faults, a cost the loop's smaller blocks do not pay.
+    keep_freed_memory()
     print(f"# {dt.date.today().isoformat()} · torch {torch.__version__} · "
           f"{platform.processor() or platform.machine()} · {torch.get_num_threads()} CPU threads"
           f" · load average {os.getloadavg()[0]:.2f} · E={args.n_networks}, hopper dims "

@@ -80,19 +80,19 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 BALANCE_MIN_ROWS = 256
 BALANCE_MIN_FEATURES = 128
-"""Smallest float32 CPU products that :func:`affine` balances over threads (smaller ones,
-and training batches of 256 rows, did not gain)."""
+"""Smallest float32 CPU products that :func:`affine` balances over threads (training
+batches of 256 rows did not gain)."""
 
 
 def _unbalanced_on_threads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
     """Whether a float32 CPU ``baddbmm`` would leave a thread idle on this product.
 
     MKL's batched product hands whole groups to threads, so 7 groups on 2 threads run as
-    4 + 3. Measured on the 2-core machine (ad-hoc, best of 7 interleaved blocks): a
-    ``[7, 1024, 200] x [7, 200, 200]`` layer ran at 166 GFLOP/s, and at 180 as 6 groups
-    in one call plus one multi-threaded product; a whole 7-member forward of 2048 rows
-    ran 4.5% faster. Even group counts, and bf16 (which goes through oneDNN), do not
-    lose. ``out=`` does not record autograd, so products that need a graph stay whole.
+    4 + 3. Split into 6 groups in one call and one multi-threaded product, the
+    7-member forward of 2,048 rows (a rollout chunk) went from 0.85-0.89x the speed of
+    a per-member ``nn.Linear`` loop to 0.96-1.00x (``benchmarks/ensemble.py``, see
+    ENSEMBLE.md). Even group counts, and bf16 (which goes through oneDNN), do not lose.
+    ``out=`` does not record autograd, so products that need a graph stay whole.
     """
     groups, rows, n_in = x.shape
     threads = torch.get_num_threads()
