@@ -63,8 +63,10 @@ def dirs(tmp_path, monkeypatch):
 
 
 def final_return(config: TrainerConfiguration) -> float:
+    """Mean test return of the final evaluation, over the population's members."""
     rows = Trainer(config, progress=False).run()
-    return float(np.mean([row["AverageTestEpRet"] for row in rows]))
+    final = max(row["Epoch"] for row in rows)
+    return float(np.mean([row["AverageTestEpRet"] for row in rows if row["Epoch"] == final]))
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
@@ -75,19 +77,25 @@ def test_online_sac_learns_pendulum(precision, dirs):
     assert score > -700, (precision, score)
 
 
-# Behavioral cloning averages the data's noisy actions (its bang-bang controller becomes a
-# smoothed one), so it gets a lower bar: it reaches about -750 on this data, and -900 is
-# still more than two standard deviations of a 5-episode mean above the random policy.
+# One seed of these short offline runs is a coin flip against any bar worth setting: over
+# eight seeds, offline-sac ended between -1100 and -280 and epistemic-penalty between -805
+# and -220 (2026-12-01), and a change of rounding in the SAC gradients moved seed 0 of
+# offline-sac from above -700 to -808. So six seeds train as one population and the test
+# asserts on their mean (seeds 0-5 gave -628, -506 and -626 in the order below). The bars
+# sit 2.3-3.7 standard deviations of a six-seed mean below that and at least 6 above the random
+# policy's 30-episode mean (-1216 ± 50). Behavioral cloning averages the data's noisy
+# actions (its bang-bang controller becomes a smoothed one), so it does not go far past
+# -600 on this data.
 @pytest.mark.parametrize(("mode", "threshold"), [
+    ("offline-sac", -900.0),
+    ("epistemic-penalty", -800.0),
     ("behavioral-cloning", -900.0),
-    ("offline-sac", -700.0),
-    ("epistemic-penalty", -700.0),
 ])
 def test_offline_modes_learn_from_pendulum_demonstrations(mode, threshold, dirs,
                                                            pendulum_dataset):
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode=mode, dataset=str(pendulum_dataset), offline_epochs=3,
-        steps_per_epoch=1000, test_episodes=5, rollout_length=(3,),
+        steps_per_epoch=1000, test_episodes=5, rollout_length=(3,), seeds=tuple(range(6)),
         rollout_every=100, n_parallel_virtual_rollouts=20, real_ratio=0.5,
         env_model={"n_networks": 5, "n_hidden_units": 64, "reward_n_hidden_units": 32,
                    "max_number_of_training_epochs": 30}))
