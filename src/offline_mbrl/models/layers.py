@@ -73,47 +73,75 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
         # Traced, the bias joins the activation in one fused kernel after the product;
         # baddbmm would first copy it into the output and then read it back.
         return torch.bmm(x, weight) + bias
-    if _unbalanced_on_threads(x, weight, bias):
-        return _thread_balanced_baddbmm(bias, x, weight)
+    if _unbalanced_on_threads(x, weight):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or bias.requires_grad):
+            return _BalancedAffine.apply(x, weight, bias)
+        return _balanced_product(x, weight, bias)
     return torch.baddbmm(bias, x, weight)
 
 
 BALANCE_MIN_ROWS = 256
 BALANCE_MIN_FEATURES = 128
-"""Smallest float32 CPU products that :func:`affine` balances over threads (training
-batches of 256 rows did not gain)."""
+"""Smallest float32 CPU products that :func:`affine` balances over threads."""
 
 
-def _unbalanced_on_threads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
-    """Whether a float32 CPU ``baddbmm`` would leave a thread idle on this product.
+def _unbalanced_on_threads(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a float32 CPU batched product would leave a thread idle on this layer.
 
     MKL's batched product hands whole groups to threads, so 7 groups on 2 threads run as
     4 + 3. Split into 6 groups in one call and one multi-threaded product, the
     7-member forward of 2,048 rows (a rollout chunk) went from 0.85-0.89x the speed of
     a per-member ``nn.Linear`` loop to 0.96-1.00x (``benchmarks/ensemble.py``, see
-    ENSEMBLE.md). Even group counts, and bf16 (which goes through oneDNN), do not lose.
-    ``out=`` does not record autograd, so products that need a graph stay whole.
+    ENSEMBLE.md), and the products of a 256-row training step from 169 to 181-184
+    GFLOP/s (ad-hoc). Even group counts, and bf16 (which goes through oneDNN), do not
+    lose.
     """
     groups, rows, n_in = x.shape
     threads = torch.get_num_threads()
     return (groups > threads and groups % threads != 0 and x.dtype == torch.float32
             and x.device.type == "cpu" and rows >= BALANCE_MIN_ROWS
-            and min(n_in, weight.shape[2]) >= BALANCE_MIN_FEATURES
-            and not (torch.is_grad_enabled()
-                     and (x.requires_grad or weight.requires_grad or bias.requires_grad)))
+            and min(n_in, weight.shape[2]) >= BALANCE_MIN_FEATURES)
 
 
-def _thread_balanced_baddbmm(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
-                             ) -> torch.Tensor:
-    """``baddbmm(bias, x, weight)`` as one batched product over a multiple of the thread
-    count of groups, then one multi-threaded product per remaining group."""
-    groups = x.shape[0]
+def _balanced_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """``a [G, n, k] @ b [G, k, m] (+ bias [G, 1, m])`` as one batched product over a
+    multiple of the thread count of groups, then one multi-threaded product per remaining
+    group (fewer than the thread count). ``out=`` records no autograd graph: see
+    :class:`_BalancedAffine`."""
+    groups = a.shape[0]
     even = groups - groups % torch.get_num_threads()
-    out = x.new_empty(groups, x.shape[1], weight.shape[2])
-    torch.baddbmm(bias[:even], x[:even], weight[:even], out=out[:even])
-    for g in range(even, groups):  # fewer than the thread count
-        torch.addmm(bias[g], x[g], weight[g], out=out[g])
+    out = a.new_empty(groups, a.shape[1], b.shape[2])
+    if bias is None:
+        torch.bmm(a[:even], b[:even], out=out[:even])
+        for g in range(even, groups):
+            torch.mm(a[g], b[g], out=out[g])
+    else:
+        torch.baddbmm(bias[:even], a[:even], b[:even], out=out[:even])
+        for g in range(even, groups):
+            torch.addmm(bias[g], a[g], b[g], out=out[g])
     return out
+
+
+class _BalancedAffine(torch.autograd.Function):
+    """:func:`affine` with thread-balanced products in the forward and the backward
+    (model training: 7 members, 256 rows per step)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
+                weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _balanced_product(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        return (_balanced_product(grad, weight.transpose(1, 2)) if needs[0] else None,
+                _balanced_product(x.transpose(1, 2), grad) if needs[1] else None,
+                grad.sum(dim=1, keepdim=True) if needs[2] else None)
 
 
 def relu_(x: torch.Tensor) -> torch.Tensor:
