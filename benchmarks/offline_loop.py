@@ -332,10 +332,13 @@ def main() -> None:
 
     model_config = EnvironmentModelConfiguration(max_number_of_training_epochs=1,
                                                  device=args.device)
-    start = time.perf_counter()
-    model, metrics = train_environment_model(dataset, model_config, "hopper-medium-v2",
-                                             progress=False)
-    epoch_s = float(metrics.get("epoch_time_s", time.perf_counter() - start))
+    epoch_s = math.inf
+    for _ in range(args.repeats):  # like every figure: the fastest of --repeats
+        start = time.perf_counter()
+        model, metrics = train_environment_model(dataset, model_config, "hopper-medium-v2",
+                                                 progress=False)
+        epoch_s = min(epoch_s, float(metrics.get("epoch_time_s",
+                                                 time.perf_counter() - start)))
     model_path = save_environment_model(model, work / "model.pt", {
         "dataset_name": dataset.name, "dataset_hash": dataset.content_hash()})
 
