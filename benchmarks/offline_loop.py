@@ -23,7 +23,7 @@ shared machine other processes can only slow a measurement down.
 
 Usage::
 
-    .venv/bin/python benchmarks/offline_loop.py                # full settings (~4 minutes)
+    .venv/bin/python benchmarks/offline_loop.py                # full settings (~20 minutes)
     .venv/bin/python benchmarks/offline_loop.py --steps 200 --starts 5000 --sizes 1
 """
 
