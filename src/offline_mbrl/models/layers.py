@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 NARROW_OUTPUT = 32
-"""Layers with at most this many outputs (and more inputs) compute the transposed product."""
+"""Products with at most this many outputs (and more on the other side) run transposed."""
+
+
+def _narrow(short: int, long: int) -> bool:
+    """Whether a product with ``short`` columns against ``long`` should run transposed:
+    CPU BLAS is slow with a handful of columns, fast with the long side there."""
+    return short <= NARROW_OUTPUT < long
 
 
 class BatchedLinear(nn.Module):
@@ -64,7 +70,7 @@ class BatchedLinear(nn.Module):
 def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``x [G, B, in] @ weight [G, in, out] + bias [G, 1, out]``, as one ``baddbmm``
     where that is fastest."""
-    if weight.shape[2] <= NARROW_OUTPUT < weight.shape[1]:
+    if _narrow(weight.shape[2], weight.shape[1]):
         # out^T = W^T x^T: CPU BLAS is slow on [B, in] x [in, out] for a handful of
         # outputs (6 GFLOP/s for 64 -> 2), fast with the long side as columns (5.8x).
         return torch.baddbmm(bias.transpose(1, 2), weight.transpose(1, 2),
@@ -74,10 +80,7 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
         # baddbmm would first copy it into the output and then read it back.
         return torch.bmm(x, weight) + bias
     if _unbalanced_on_threads(x, weight):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or bias.requires_grad):
-            return _BalancedAffine.apply(x, weight, bias)
-        return _balanced_product(x, weight, bias)
+        return _BalancedAffine.apply(x, weight, bias)  # without a graph under no_grad
     return torch.baddbmm(bias, x, weight)
 
 
@@ -266,7 +269,7 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``g [G, R, out] @ weight^T [G, out, in]``; a broadcast product for one output."""
     if weight.shape[2] == 1:
         return g * weight.transpose(1, 2)  # BLAS is slow on a rank-1 product
-    if weight.shape[1] <= NARROW_OUTPUT < weight.shape[2]:
+    if _narrow(weight.shape[1], weight.shape[2]):
         # A handful of inputs (the first layer): as in ``affine``, the transposed product
         # puts the long side in the columns (2x faster on CPU for 256 x 128 -> 14).
         return torch.bmm(weight, g.transpose(1, 2)).transpose(1, 2)
@@ -275,7 +278,7 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _weight_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``x^T [G, in, R] @ g [G, R, out]``, the ``[G, in, out]`` weight gradient."""
-    if g.shape[2] <= NARROW_OUTPUT < x.shape[2]:
+    if _narrow(g.shape[2], x.shape[2]):
         # A handful of outputs (the last layer): (g^T x)^T has the long side in the
         # columns, 4-5x faster on CPU for 128 -> 1 or 6 over 256 rows.
         return torch.bmm(g.transpose(1, 2), x).transpose(1, 2).contiguous()
