@@ -210,20 +210,27 @@ SETTINGS = {"float32": ("float32", "float32"),
             "bf16-all": ("bfloat16", "bfloat16")}
 
 
-def time_ours(P: int, setting: str, compiled: bool, data_path: Path, model_path: Path, args
-              ) -> dict[str, float]:
+def trainer_config(P: int, setting: str, compiled: bool, data_path: Path, model_path: Path,
+                   args, name: str):
+    """The pessimistic loop at the peer's settings, for ``P`` seeds in ``setting``."""
     from offline_mbrl.config import TrainerConfiguration
-    from offline_mbrl.train import Trainer
 
-    config = TrainerConfiguration(
+    return TrainerConfiguration(
         env_name="hopper-medium-v2", mode="epistemic-penalty", dataset=str(data_path),
         seeds=tuple(range(P)), pretrained_env_model_path=str(model_path),
         rollout_length=(args.length,), pessimism=(1.0,), real_ratio=0.05,
         rollout_every=args.steps, rollout_dtype=SETTINGS[setting][0],
         agent={"precision": SETTINGS[setting][1]},
         n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
-        experiment_name=f"bench-p{P}-{setting}", device=args.device, test_episodes=1,
-        compile=compiled)
+        experiment_name=name, device=args.device, test_episodes=1, compile=compiled)
+
+
+def time_ours(P: int, setting: str, compiled: bool, data_path: Path, model_path: Path, args
+              ) -> dict[str, float]:
+    from offline_mbrl.train import Trainer
+
+    config = trainer_config(P, setting, compiled, data_path, model_path, args,
+                            f"bench-p{P}-{setting}")
     if compiled:
         # As in a run of its own: dynamo's caches are per function, and the guards of other
         # trainers' agents would be checked at every call.
@@ -274,15 +281,9 @@ def count_flops(data_path: Path, model_path: Path, args) -> dict[str, float]:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from offline_mbrl.config import TrainerConfiguration
     from offline_mbrl.train import Trainer
 
-    config = TrainerConfiguration(
-        env_name="hopper-medium-v2", mode="epistemic-penalty", dataset=str(data_path),
-        seeds=(0,), pretrained_env_model_path=str(model_path), rollout_length=(args.length,),
-        pessimism=(1.0,), real_ratio=0.05, rollout_every=args.steps,
-        n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
-        experiment_name="bench-flops", device=args.device, test_episodes=1)
+    config = trainer_config(1, "float32", False, data_path, model_path, args, "bench-flops")
     trainer = Trainer(config, overwrite=True, progress=False)
     trainer.train_epoch(steps=5)
     with FlopCounterMode(display=False) as counter:

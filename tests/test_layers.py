@@ -67,8 +67,8 @@ def test_bf16_relu_is_exact_and_keeps_its_integer_trick_out_of_compiled_graphs()
 
 
 def test_products_that_would_leave_a_thread_idle_are_split_and_give_the_same_result():
-    """7 groups on 2 threads: 6 in one batched product, the 7th on its own, with the same
-    values and, in training, the same gradients."""
+    """7 groups on 2 threads, without autograd: 6 in one batched product, the 7th on its
+    own, with the same values."""
     from offline_mbrl.models import layers
 
     threads = torch.get_num_threads()
@@ -87,17 +87,9 @@ def test_products_that_would_leave_a_thread_idle_are_split_and_give_the_same_res
         assert not layers._unbalanced_on_threads(x.bfloat16(), weight.bfloat16())
         assert not layers._unbalanced_on_threads(x[:, :100], weight)
 
-        # Training: the same values and gradients as autograd through baddbmm.
-        grad_out = torch.randn(7, 300, 130, generator=gen)
-        leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
-        out = layers.affine(*leaves)
-        assert out.grad_fn is not None and "Balanced" in type(out.grad_fn).__name__
-        (out * grad_out).sum().backward()
-        ref = [t.clone().requires_grad_() for t in (x, weight, bias)]
-        (torch.baddbmm(ref[2], ref[0], ref[1]) * grad_out).sum().backward()
-        torch.testing.assert_close(out, torch.baddbmm(bias, x, weight), rtol=1e-5, atol=1e-4)
-        for leaf, expected in zip(leaves, ref, strict=True):
-            torch.testing.assert_close(leaf.grad, expected.grad, rtol=1e-5, atol=1e-3)
+        # Training keeps one batched product, which autograd records.
+        out = layers.affine(x, weight.clone().requires_grad_(), bias)
+        assert out.grad_fn is not None and "Baddbmm" in type(out.grad_fn).__name__
     finally:
         torch.set_num_threads(threads)
 

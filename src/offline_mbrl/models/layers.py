@@ -79,8 +79,14 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
         # Traced, the bias joins the activation in one fused kernel after the product;
         # baddbmm would first copy it into the output and then read it back.
         return torch.bmm(x, weight) + bias
-    if _unbalanced_on_threads(x, weight):
-        return _BalancedAffine.apply(x, weight, bias)  # without a graph under no_grad
+    if _unbalanced_on_threads(x, weight) and not (
+            torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad or bias.requires_grad)):
+        # Inference only. The same split under autograd (a custom Function for forward and
+        # backward) showed no reliable gain: training steps measured 0.83-0.93x of the
+        # unsplit ones, and 0.88-1.00x with identical code on both sides
+        # (benchmarks/ensemble.py --reference unbalanced, ENSEMBLE.md).
+        return _balanced_product(x, weight, bias)
     return torch.baddbmm(bias, x, weight)
 
 
@@ -96,9 +102,7 @@ def _unbalanced_on_threads(x: torch.Tensor, weight: torch.Tensor) -> bool:
     4 + 3. Split into 6 groups in one call and one multi-threaded product, the
     7-member forward of 2,048 rows (a rollout chunk) went from 0.85-0.89x the speed of
     a per-member ``nn.Linear`` loop to 0.96-1.00x (``benchmarks/ensemble.py``, see
-    ENSEMBLE.md), and the products of a 256-row training step from 169 to 181-184
-    GFLOP/s (ad-hoc). Even group counts, and bf16 (which goes through oneDNN), do not
-    lose.
+    ENSEMBLE.md). Even group counts, and bf16 (which goes through oneDNN), do not lose.
     """
     groups, rows, n_in = x.shape
     threads = torch.get_num_threads()
@@ -111,8 +115,7 @@ def _balanced_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | Non
                       ) -> torch.Tensor:
     """``a [G, n, k] @ b [G, k, m] (+ bias [G, 1, m])`` as one batched product over a
     multiple of the thread count of groups, then one multi-threaded product per remaining
-    group (fewer than the thread count). ``out=`` records no autograd graph: see
-    :class:`_BalancedAffine`."""
+    group (fewer than the thread count). ``out=`` records no autograd graph."""
     groups = a.shape[0]
     even = groups - groups % torch.get_num_threads()
     out = a.new_empty(groups, a.shape[1], b.shape[2])
@@ -125,26 +128,6 @@ def _balanced_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | Non
         for g in range(even, groups):
             torch.addmm(bias[g], a[g], b[g], out=out[g])
     return out
-
-
-class _BalancedAffine(torch.autograd.Function):
-    """:func:`affine` with thread-balanced products in the forward and the backward
-    (model training: 7 members, 256 rows per step)."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
-                weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return _balanced_product(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-                 ) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        return (_balanced_product(grad, weight.transpose(1, 2)) if needs[0] else None,
-                _balanced_product(x.transpose(1, 2), grad) if needs[1] else None,
-                grad.sum(dim=1, keepdim=True) if needs[2] else None)
 
 
 def relu_(x: torch.Tensor) -> torch.Tensor:
