@@ -1,4 +1,4 @@
-"""Shared fixtures for the data tests (all prefixed ``data_``)."""
+"""Shared fixtures: the data tests' (prefixed ``data_``) and ``host_reads``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _write_raw_d4rl(
@@ -141,3 +143,23 @@ def data_http_server() -> Iterator[DataServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operators that copy a tensor's value to the host while it is active
+    (``.item()``, ``bool(t)``, ``int(t)``, ``nonzero``): each one stalls a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def host_reads() -> type[HostReads]:
+    """``with host_reads() as reads: ...`` then ``reads.count``."""
+    return HostReads

@@ -81,3 +81,15 @@ def test_load_agent_from_run_directory(tmp_path, monkeypatch):
     assert action.shape == (1,) and -2 <= action[0] <= 2
     assert (agent.act(obs) == action).all()
     assert agent.act(torch.zeros(4, 3).numpy()).shape == (4, 1)
+
+
+
+@pytest.mark.parametrize(("cls", "config"), AGENTS)
+def test_update_reads_nothing_back_to_the_host(cls, config, host_reads):
+    # A host read in the per-step path would stall a GPU once per update.
+    agent = cls(3, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
+    rng = PopulationRNG((0, 1))
+    agent.update(batch(2), rng)  # optimizer state is created at the first step
+    with host_reads() as reads:
+        agent.update(batch(2), rng)
+    assert reads.count == 0

@@ -50,6 +50,21 @@ def config(mode, **overrides):
     return TrainerConfiguration(**values)
 
 
+@pytest.mark.parametrize("mode", ["offline-sac", "behavioral-cloning", "epistemic-penalty"])
+def test_offline_steps_read_nothing_back_between_rollout_rounds(mode, dirs, host_reads):
+    # Host reads happen once per epoch (the finiteness check, the metric means) or per
+    # rollout round, never per step: 5 and 25 steps read the same number of values.
+    trainer = Trainer(config(mode, seeds=(0, 1), rollout_every=1000), progress=False)
+    trainer.train_epoch(steps=3)  # the first rollout round and optimizer state
+    counts = []
+    for steps in (5, 25):
+        with host_reads() as reads:
+            trainer.train_epoch(steps=steps)
+        counts.append(reads.count)
+    assert counts[0] == counts[1]
+    trainer.close()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_runs(mode, dirs):
     trainer = Trainer(config(mode), progress=False)

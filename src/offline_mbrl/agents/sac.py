@@ -271,7 +271,10 @@ def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tens
     # d loss / d q: the TD rows train the critic; the policy rows reach only its input.
     grad_q = torch.empty_like(q_all)
     grad_q[..., :B] = td_error * (2.0 / B)
-    grad_q[..., B:] = torch.nn.functional.one_hot(argmin, 2).transpose(1, 2) * (-1.0 / B)
+    # Only the twin that gave the minimum. Not one_hot: on CPU it reads the index range
+    # back to the host twice per call to check it.
+    twins = torch.arange(2, device=argmin.device).view(1, 2, 1)
+    grad_q[..., B:] = (argmin.unsqueeze(1) == twins) * (-1.0 / B)
     critic_grads, grad_x = agent.critic.backward(
         critic_inputs, grad_q.view(2 * P, 2 * B, 1), weight_rows=slice(0, B),
         input_rows=slice(B, 2 * B))
