@@ -65,10 +65,10 @@ def load_agent(path: str | Path, device: str = "cpu") -> LoadedAgent:
     config = state["config"]
     cls = BehavioralCloning if state["agent_kind"] == "bc" else SAC
     agent = cls(state["obs_dim"], state["act_dim"], state["action_low"], state["action_high"],
-                (int(config["seed"]),), AgentConfiguration(**config["agent"]))
+                (int(config["seed"]),), AgentConfiguration(**config["agent"]), torch_device)
     try:
         agent.load_state_dict(state["agent"])
     except (KeyError, RuntimeError) as error:
         raise UserError(f"checkpoint {path} does not match its configuration "
                         f"({str(error).splitlines()[0][:100]}): retrain the run") from None
-    return LoadedAgent(agent.to(torch_device), config, torch_device)
+    return LoadedAgent(agent, config, torch_device)

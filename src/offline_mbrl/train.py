@@ -43,10 +43,10 @@ _AGENT_STREAM, _DATA_STREAM, _ACTION_STREAM, _ROLLOUT_STREAM = 1, 2, 3, 4
 
 
 def make_agent(kind: str, obs_dim: int, act_dim: int, action_low: Any, action_high: Any,
-               seeds: tuple[int, ...], config: TrainerConfiguration
+               seeds: tuple[int, ...], config: TrainerConfiguration, device: torch.device
                ) -> SAC | BehavioralCloning:
     cls = BehavioralCloning if kind == "bc" else SAC
-    return cls(obs_dim, act_dim, action_low, action_high, seeds, config.agent)
+    return cls(obs_dim, act_dim, action_low, action_high, seeds, config.agent, device)
 
 
 BATCH_BLOCK_STEPS = 64
@@ -145,7 +145,7 @@ class Trainer:
 
         self.kind = agent_kind(config.mode)
         self.agent = make_agent(self.kind, self.obs_dim, self.act_dim, self.action_low,
-                                self.action_high, self.seeds, config).to(self.device)
+                                self.action_high, self.seeds, config, self.device)
         self._rollout_step: Any = None
         self._rollout_model: tuple[Any, Any] | None = None
         if config.compile:

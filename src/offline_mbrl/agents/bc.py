@@ -19,11 +19,13 @@ class BehavioralCloning(nn.Module):
     """``P`` deterministic policies ``tanh(MLP(obs))`` scaled to the action box, trained by MSE.
 
     The loss is taken in the agent's ``[-1, 1]`` action units so that every action
-    dimension counts equally whatever the environment's bounds.
+    dimension counts equally whatever the environment's bounds. Arguments as for
+    :class:`~offline_mbrl.agents.sac.SAC`.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: Any, action_high: Any,
-                 seeds: tuple[int, ...], config: AgentConfiguration) -> None:
+                 seeds: tuple[int, ...], config: AgentConfiguration,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__()
         self.config = config
         self.n_members = len(seeds)
@@ -32,6 +34,7 @@ class BehavioralCloning(nn.Module):
         self.actor = BatchedMLP(self.n_members, obs_dim, act_dim, hidden)
         self.actor.reset_parameters(member_generators(seeds, _POLICY_SALT))
         self.scaler = ActionScaler(torch.as_tensor(action_low), torch.as_tensor(action_high))
+        self.to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr,
                                                 fused=True)
 

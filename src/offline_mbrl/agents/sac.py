@@ -72,10 +72,13 @@ class SAC(nn.Module):
         action_low, action_high: ``[act_dim]`` bounds of the environment's action box.
         seeds: one seed per member; sets each member's initial weights.
         config: hyperparameters shared by all members.
+        device: where the agent lives. Weights are drawn on the CPU first, so a member
+            starts from the same weights on every device.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: Any, action_high: Any,
-                 seeds: tuple[int, ...], config: AgentConfiguration) -> None:
+                 seeds: tuple[int, ...], config: AgentConfiguration,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__()
         self.config = config
         self.n_members = len(seeds)
@@ -97,6 +100,8 @@ class SAC(nn.Module):
             torch.full((P,), math.log(initial_alpha) if initial_alpha > 0 else -math.inf),
             requires_grad=self.auto_alpha)
         self.target_entropy = -float(act_dim)
+        # Optimizers are made for the parameters where they will live.
+        self.to(device)
         self._make_optimizers()
         self._gradients: Callable[[SAC, Batch, PopulationRNG, torch.Tensor], dict[str, Any]] = (
             sac_gradients)
