@@ -148,13 +148,21 @@ class Trainer:
                                 self.action_high, self.seeds, config, self.device)
         self._rollout_step: Any = None
         self._rollout_model: tuple[Any, Any] | None = None
+        self.compiled: tuple[str, ...] = ()
+        """What ``--compile`` handed to ``torch.compile``: ``"update"`` (SAC's gradient
+        computation), ``"networks"`` (BC's policy) and ``"rollout_step"`` (model-based
+        modes). Compilation itself happens at the first call."""
         if config.compile:
             compile_fn = compiler(self.device)
             if isinstance(self.agent, SAC):
                 self.agent.compile_update(compile_fn)
+                self.compiled += ("update",) if self.agent.update_compiled else ()
             else:
                 compile_networks(self.agent, self.device)
-            self._rollout_step = compile_fn(rollout_step)
+                self.compiled += ("networks",)
+            if self.model_based:
+                self._rollout_step = compile_fn(rollout_step)
+                self.compiled += ("rollout_step",)
         self.rngs = {name: PopulationRNG(self.seeds, self.device, stream)
                      for name, stream in (("agent", _AGENT_STREAM), ("data", _DATA_STREAM),
                                           ("action", _ACTION_STREAM),

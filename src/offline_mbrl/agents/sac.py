@@ -119,6 +119,11 @@ class SAC(nn.Module):
 
         self._gradients = gradients
 
+    @property
+    def update_compiled(self) -> bool:
+        """Whether :meth:`update` runs its gradient computation compiled."""
+        return self._gradients is not sac_gradients
+
     def _make_optimizers(self) -> None:
         lr = self.config.lr
         # Adam is elementwise, so one optimizer over batched weights keeps members independent;
