@@ -14,6 +14,7 @@ Prints, in one run:
   and with bf16 rollouts and the mixed-precision SAC update (``--settings``);
 - the arithmetic it needs (GFLOP per 1,000 steps and one rollout round, counted by
   ``torch.utils.flop_counter``) and the rate at which each configuration ran;
+- the machine's float32 and bf16 matrix-product rates before and after the run;
 - the same loop written plainly (``PlainLoop``: nn.Linear networks, autograd SAC with
   separate critics, one model call over all 50k starts, per-step ``.item()`` logging),
   single seed and eager, measured in the same run, and the ratios to it.
@@ -272,6 +273,21 @@ def time_ours(P: int, setting: str, compiled: bool, data_path: Path, model_path:
     return result
 
 
+def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's matrix-product rate right now: a ``[n, n] @ [n, n]`` product, fastest
+    of ``repeats``. Measured at the start and the end of a run, it shows how fast the
+    shared VM was during it, so that runs made in different phases can be compared."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def count_flops(data_path: Path, model_path: Path, args) -> dict[str, float]:
     """Floating-point operations of one rollout round and of one SAC update (P = 1).
 
@@ -330,6 +346,7 @@ def main() -> None:
     dataset = synthetic_dataset(args.transitions)
     data_path = write_d4rl_hdf5(dataset, work / "synthetic.hdf5", compress=False)
     load = os.getloadavg()[0]
+    gemm_before = (gemm_gflops(), gemm_gflops(torch.bfloat16))
 
     model_config = EnvironmentModelConfiguration(max_number_of_training_epochs=1,
                                                  device=args.device)
@@ -392,7 +409,12 @@ def main() -> None:
                       f"{PEER['end_to_end']}",
                       f"{r['seed_steps_per_s'] / PEER['end_to_end']:.2f}×",
                       f"≥ {target:.0f}" if target else "")
+    gemm_after = (gemm_gflops(), gemm_gflops(torch.bfloat16))
     console.print(table)
+    console.print(
+        f"Matrix-product rate of the machine (2048² products): float32 {gemm_before[0]:.0f} "
+        f"GFLOP/s before the run and {gemm_after[0]:.0f} after; bf16 {gemm_before[1]:.0f} and "
+        f"{gemm_after[1]:.0f}.")
     gflop = flops["per_round"] / 1e9
     console.print(
         f"Arithmetic per {args.steps} steps and one rollout round, per seed: {gflop:.0f} GFLOP "
