@@ -122,6 +122,21 @@ def test_members_are_independent(gym_id: str) -> None:
     assert len(np.unique(population.returns)) == population.returns.size
 
 
+def test_one_policy_call_per_step_for_every_member_and_episode() -> None:
+    # No stalls: all P x episodes environments step together, so an evaluation costs as
+    # many batched policy calls as its longest episode has steps (Pendulum: always 200).
+    calls: list[tuple[int, ...]] = []
+    constant = _constant_policy([0.5, -0.5], 1)
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(obs.shape))
+        return constant(obs)
+
+    result = evaluate_population("Pendulum-v1", policy, 2, 3, seed=1)
+    assert (result.lengths == 200).all()
+    assert calls == [(2, 3, 3)] * 200
+
+
 def test_start_states_depend_on_episode_only() -> None:
     same = evaluate_population("Hopper-v5", _constant_policy([0.1, 0.1], 3), 2, 3, seed=5)
     np.testing.assert_array_equal(same.returns[0], same.returns[1])
