@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from offline_mbrl.agents.adam import GroupedAdam
 from offline_mbrl.agents.base import ActionScaler, Batch
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.models.layers import BatchedMLP, member_generators
@@ -131,6 +132,10 @@ class SAC(nn.Module):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr, fused=True)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr, fused=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr, fused=True)
+        self._adam = GroupedAdam([self.critic_optimizer, self.actor_optimizer]
+                                 + ([self.alpha_optimizer] if self.auto_alpha else []))
+        self._target_params = list(self.critic_target.parameters())
+        self._critic_params = list(self.critic.parameters())
 
     # ----------------------------------------------------------------- networks
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,18 +197,11 @@ class SAC(nn.Module):
         with torch.no_grad():
             grads = self._gradients(self, batch, rng, rng.next_draw())
         metrics = grads.pop("metrics")
-        for optimizer, key in ((self.critic_optimizer, "critic"),
-                               (self.actor_optimizer, "actor"),
-                               (self.alpha_optimizer, "alpha")):
-            if key == "alpha" and not self.auto_alpha:
-                continue
-            params = optimizer.param_groups[0]["params"]
-            for param, grad in zip(params, grads[key], strict=True):
-                param.grad = grad
-            optimizer.step()
+        self._adam.step([*grads["critic"], *grads["actor"],
+                         *(grads["alpha"] if self.auto_alpha else [])])
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()),
-                                 list(self.critic.parameters()), 1.0 - self.config.polyak)
+            torch._foreach_lerp_(self._target_params, self._critic_params,
+                                 1.0 - self.config.polyak)
         return metrics
 
     # ----------------------------------------------------------------- state
@@ -228,6 +226,7 @@ class SAC(nn.Module):
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self._adam.reset()  # the optimizers hold new state tensors now
 
 
 def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tensor
