@@ -57,6 +57,8 @@ class GroupedAdam:
                 param.grad = grad
             for optimizer in self.optimizers:
                 optimizer.step()
+            for param in params:
+                param.grad = None  # the direct path does not keep gradients either
             if self._direct is None:
                 self._state = self._collect()
                 self._direct = self._state is not None
@@ -68,7 +70,8 @@ class GroupedAdam:
                            amsgrad=False, maximize=False, grad_scale=None, found_inf=None)
 
     def reset(self) -> None:
-        """Forget the optimizers' state tensors (call after loading their state dicts)."""
+        """Forget the optimizers' state tensors and hyperparameters, which the direct path
+        reads once: call it after loading their state dicts or changing a learning rate."""
         self._state, self._direct = None, None
 
     def _collect(self) -> _State | None:
