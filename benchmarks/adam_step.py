@@ -20,22 +20,16 @@ import statistics
 import time
 
 import torch
+from gpu_check import ACT_DIM, OBS_DIM, make_batch  # the same batch as the GPU check
 
 from offline_mbrl.agents import SAC
 from offline_mbrl.agents.adam import GroupedAdam
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.rng import PopulationRNG
 
-OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
-
 
 def compare(P: int, blocks: int, updates: int) -> None:
-    g = torch.Generator().manual_seed(0)
-    batch = {"obs": torch.randn(P, BATCH, OBS_DIM, generator=g),
-             "action": torch.rand(P, BATCH, ACT_DIM, generator=g) * 2 - 1,
-             "reward": torch.randn(P, BATCH, generator=g),
-             "next_obs": torch.randn(P, BATCH, OBS_DIM, generator=g),
-             "terminated": torch.zeros(P, BATCH)}
+    batch = make_batch(P, torch.device("cpu"))
     agents = {}
     for name in ("grouped", "own"):
         agent = SAC(OBS_DIM, ACT_DIM, -torch.ones(ACT_DIM), torch.ones(ACT_DIM),
