@@ -83,7 +83,6 @@ def test_load_agent_from_run_directory(tmp_path, monkeypatch):
     assert agent.act(torch.zeros(4, 3).numpy()).shape == (4, 1)
 
 
-
 @pytest.mark.parametrize(("cls", "config"), AGENTS)
 def test_update_reads_nothing_back_to_the_host(cls, config, host_reads):
     # A host read in the per-step path would stall a GPU once per update.
