@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from offline_mbrl.agents import adam
 from offline_mbrl.agents.adam import GroupedAdam
 
 
@@ -73,6 +74,24 @@ def test_direct_call_after_the_first_step_and_after_reset():
         grouped.step(gradients(3, params))
         grouped.step(gradients(4, params))
         assert len(calls) == 4
+    expected, _ = reference_steps(5)
+    for p, q in zip(params, expected, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_kernel_that_refuses_the_call_hands_over_to_the_optimizers(monkeypatch):
+    # Another torch version's private kernel may take other arguments.
+    params, optimizers = make()
+    grouped = GroupedAdam(optimizers)
+    grouped.step(gradients(0, params))
+
+    def refuse(*args, **kwargs):
+        raise TypeError("_fused_adam_() got an unexpected keyword argument")
+
+    monkeypatch.setattr(adam, "_fused_adam_kernel", refuse)
+    for step in range(1, 5):
+        grouped.step(gradients(step, params))
+    monkeypatch.undo()
     expected, _ = reference_steps(5)
     for p, q in zip(params, expected, strict=True):
         assert torch.equal(p, q)

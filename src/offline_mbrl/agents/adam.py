@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+# The kernel behind ``torch.optim.Adam(fused=True)``; private, hence the fallback below.
+_fused_adam_kernel = torch._fused_adam_
 _SAME = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "fused",
          "capturable", "differentiable", "decoupled_weight_decay")
 
@@ -51,23 +53,30 @@ class GroupedAdam:
         """One Adam step with ``grads``, in the optimizers' parameter order, one after
         the other."""
         state = self._state
-        if state is None:
-            params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
-            for param, grad in zip(params, grads, strict=True):
-                param.grad = grad
-            for optimizer in self.optimizers:
-                optimizer.step()
-            for param in params:
-                param.grad = None  # the direct path does not keep gradients either
-            if self._direct is None:
-                self._state = self._collect()
-                self._direct = self._state is not None
-            return
-        state.step_counts.add_(1)  # every parameter's step count, in one operator
-        torch._fused_adam_(state.params, list(grads), state.exp_avgs, state.exp_avg_sqs, [],
-                           state.steps, lr=state.lr, beta1=state.betas[0],
-                           beta2=state.betas[1], weight_decay=0.0, eps=state.eps,
-                           amsgrad=False, maximize=False, grad_scale=None, found_inf=None)
+        if state is not None:
+            state.step_counts.add_(1)  # every parameter's step count, in one operator
+            try:
+                _fused_adam_kernel(state.params, list(grads), state.exp_avgs,
+                                   state.exp_avg_sqs, [], state.steps, lr=state.lr,
+                                   beta1=state.betas[0], beta2=state.betas[1],
+                                   weight_decay=0.0, eps=state.eps, amsgrad=False,
+                                   maximize=False, grad_scale=None, found_inf=None)
+                return
+            except (RuntimeError, TypeError):
+                # A torch whose private kernel takes other arguments: the checks run
+                # before anything is written, so the optimizers' own step takes over.
+                state.step_counts.sub_(1)
+                self._state, self._direct = None, False
+        params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for param in params:
+            param.grad = None  # the direct path does not keep gradients either
+        if self._direct is None:
+            self._state = self._collect()
+            self._direct = self._state is not None
 
     def reset(self) -> None:
         """Forget the optimizers' state tensors and hyperparameters, which the direct path
