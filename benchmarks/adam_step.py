@@ -35,11 +35,8 @@ def compare(P: int, blocks: int, updates: int) -> None:
         agent = SAC(OBS_DIM, ACT_DIM, -torch.ones(ACT_DIM), torch.ones(ACT_DIM),
                     tuple(range(P)), AgentConfiguration())
         rng = PopulationRNG(range(P))
-        if name == "own":
-            # A GroupedAdam that never takes the direct path: each optimizer's step().
-            own = GroupedAdam(agent._adam.optimizers)
-            own._direct = False
-            agent._adam = own
+        if name == "own":  # the same optimizers, each through its own step()
+            agent._adam = GroupedAdam(agent._adam.optimizers, direct=False)
         agent.update(batch, rng)
         agents[name] = (agent, rng)
     times: dict[str, list[float]] = {name: [] for name in agents}

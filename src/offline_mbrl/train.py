@@ -156,7 +156,7 @@ class Trainer:
             compile_fn = compiler(self.device)
             if isinstance(self.agent, SAC):
                 self.agent.compile_update(compile_fn)
-                self.compiled += ("update",) if self.agent.update_compiled else ()
+                self.compiled += ("update",)
             else:
                 compile_networks(self.agent, self.device)
                 self.compiled += ("networks",)

@@ -41,13 +41,16 @@ class GroupedAdam:
     optimizers' own ``step`` (which creates or checks their state); later ones are one
     kernel call. Optimizers the direct call does not cover (different hyperparameters
     between them, a tensor learning rate, weight decay, AMSGrad, not fused) always take
-    their own path.
+    their own path, as all do with ``direct=False`` (the reference of
+    ``benchmarks/adam_step.py``).
     """
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], direct: bool = True
+                 ) -> None:
         self.optimizers = list(optimizers)
         self._state: _State | None = None
-        self._direct: bool | None = None  # None: decide at the next step
+        # None: decide at the next step; False: always the optimizers' own step.
+        self._direct: bool | None = None if direct else False
 
     def step(self, grads: Sequence[torch.Tensor]) -> None:
         """One Adam step with ``grads``, in the optimizers' parameter order, one after

@@ -104,6 +104,9 @@ class SAC(nn.Module):
         # Optimizers are made for the parameters where they will live.
         self.to(device)
         self._make_optimizers()
+        # For the Polyak step; listed after the move, which may replace parameter objects.
+        self._target_params = list(self.critic_target.parameters())
+        self._critic_params = list(self.critic.parameters())
         self._gradients: Callable[[SAC, Batch, PopulationRNG, torch.Tensor], dict[str, Any]] = (
             sac_gradients)
 
@@ -134,8 +137,6 @@ class SAC(nn.Module):
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr, fused=True)
         self._adam = GroupedAdam([self.critic_optimizer, self.actor_optimizer]
                                  + ([self.alpha_optimizer] if self.auto_alpha else []))
-        self._target_params = list(self.critic_target.parameters())
-        self._critic_params = list(self.critic.parameters())
 
     # ----------------------------------------------------------------- networks
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

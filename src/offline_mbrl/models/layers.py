@@ -111,22 +111,16 @@ def _unbalanced_on_threads(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and min(n_in, weight.shape[2]) >= BALANCE_MIN_FEATURES)
 
 
-def _balanced_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
-                      ) -> torch.Tensor:
-    """``a [G, n, k] @ b [G, k, m] (+ bias [G, 1, m])`` as one batched product over a
+def _balanced_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``a [G, n, k] @ b [G, k, m] + bias [G, 1, m]`` as one batched product over a
     multiple of the thread count of groups, then one multi-threaded product per remaining
     group (fewer than the thread count). ``out=`` records no autograd graph."""
     groups = a.shape[0]
     even = groups - groups % torch.get_num_threads()
     out = a.new_empty(groups, a.shape[1], b.shape[2])
-    if bias is None:
-        torch.bmm(a[:even], b[:even], out=out[:even])
-        for g in range(even, groups):
-            torch.mm(a[g], b[g], out=out[g])
-    else:
-        torch.baddbmm(bias[:even], a[:even], b[:even], out=out[:even])
-        for g in range(even, groups):
-            torch.addmm(bias[g], a[g], b[g], out=out[g])
+    torch.baddbmm(bias[:even], a[:even], b[:even], out=out[:even])
+    for g in range(even, groups):
+        torch.addmm(bias[g], a[g], b[g], out=out[g])
     return out
 
 
