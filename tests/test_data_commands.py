@@ -46,7 +46,7 @@ def test_collect_info_list(data_env, capsys: pytest.CaptureFixture[str]) -> None
     assert "d4rl-random" in out and "per-dimension ranges" in out
 
     assert main(["datasets", "info", str(path)]) == 0
-    assert "Hopper-v5" in capsys.readouterr().out
+    assert "Hopper-v4" in capsys.readouterr().out
 
     cached = data_env["d4rl"] / "hopper_medium-v2.hdf5"
     cached.parent.mkdir(parents=True)

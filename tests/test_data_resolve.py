@@ -85,7 +85,7 @@ def test_local_minari_dataset_is_used_before_download(data_env, data_make_file) 
     loaded = load_dataset(NAME)
     assert loaded.name == NAME
     np.testing.assert_array_equal(loaded.next_observations, ds.next_observations)
-    with pytest.raises(UserError, match="'observations' have 11 dimensions but HalfCheetah-v5"):
+    with pytest.raises(UserError, match="'observations' have 11 dimensions but HalfCheetah-v4"):
         load_dataset("halfcheetah-random-v2", dataset="minari:ombrl/hopper/medium-replay-v2")
     # A D4RL file in d4rl's cache comes first.
     cached = data_env["d4rl"] / "hopper_medium_replay-v2.hdf5"
@@ -134,7 +134,7 @@ def test_load_dataset_checks_dimensions(data_env, data_make_file) -> None:
     path = data_env["ombrl"] / "walker2d-medium-v2.hdf5"
     path.parent.mkdir(parents=True)
     data_make_file(path, obs_dim=11, act_dim=3)
-    with pytest.raises(UserError, match="'observations' have 11 dimensions but Walker2d-v5"):
+    with pytest.raises(UserError, match="'observations' have 11 dimensions but Walker2d-v4"):
         load_dataset("walker2d-medium-v2")
     # An explicit file may be given for any environment name; the dims still count.
     ds = load_dataset("Hopper-v5", dataset=str(path))

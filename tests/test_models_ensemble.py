@@ -88,8 +88,17 @@ def test_loss_matches_closed_form() -> None:
         target = torch.cat([delta_t, reward_t[:, None]], 1)
         nll = 0.5 * (torch.log(2 * math.pi * var) + (target - mean) ** 2 / var)
         torch.testing.assert_close(per_member[e], nll.mean())
-    reg = LOGVAR_BOUND_REGULARIZER * (model.max_logvar.sum() - model.min_logvar.sum())
-    torch.testing.assert_close(total, per_member.sum() + reg)
+    # The seed's loss, written out: mean over members, batch and dimensions of
+    # mse·exp(-logvar) + logvar, plus 0.01·(mean max_logvar - mean min_logvar). The model's
+    # total is E/2 times it plus the NLL's constant, so Adam takes the same steps.
+    logvar = torch.cat([out.delta_logvar, out.reward_logvar[..., None]], -1)
+    mean = torch.cat([out.delta_mean, out.reward_mean[..., None]], -1)
+    target = torch.cat([delta_t, reward_t[:, None]], 1)
+    seed_loss = (((mean - target) ** 2 * torch.exp(-logvar)).mean() + logvar.mean()
+                 + 0.01 * model.max_logvar.mean() - 0.01 * model.min_logvar.mean())
+    n = model.n_networks
+    torch.testing.assert_close(total, n / 2 * seed_loss + n / 2 * math.log(2 * math.pi))
+    assert LOGVAR_BOUND_REGULARIZER == 0.005
     total.backward()
     assert model.max_logvar.grad is not None and model.min_logvar.grad is not None
 

@@ -1,6 +1,8 @@
 """Every training mode end to end on tiny data, model reuse, and populations."""
 
+import dataclasses
 import importlib
+import json
 import math
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from offline_mbrl.cli import train_main
 from offline_mbrl.config import MODES, TrainerConfiguration
 from offline_mbrl.data.collect import collect_random
-from offline_mbrl.data.d4rl import write_d4rl_hdf5
+from offline_mbrl.data.d4rl import PUBLISHED_ROWS, write_d4rl_hdf5
 from offline_mbrl.errors import UserError
 from offline_mbrl.logging import read_progress
 from offline_mbrl.train import Trainer
@@ -104,17 +106,30 @@ def test_rollouts_start_from_dataset_states(dirs, hopper_dataset, monkeypatch):
             assert tuple(row) in known
 
 
-def test_tuned_table_and_flags(dirs):
+def test_tuned_table_and_flags(dirs, hopper_dataset, monkeypatch):
+    # A file that carries a D4RL name but was recorded here gets derived values...
     trainer = Trainer(config("aleatoric-partitioning"), progress=False)
-    # The seed's tuned values for hopper-random-v2: length 9, threshold 0.00436.
+    assert trainer.pessimism.rollout_length.tolist() == [15]
+    assert trainer.resolved["ood_threshold"]["source"].startswith("derived")
+    # ...while the published file, recognised by its content, gets the seed's tuned values
+    # for hopper-random-v2: length 9, threshold 0.00436.
+    dataset, _ = hopper_dataset
+    published = dirs / "published.hdf5"
+    write_d4rl_hdf5(dataclasses.replace(dataset, metadata={}), published)
+    monkeypatch.setitem(PUBLISHED_ROWS, "hopper-random-v2", len(dataset))
+    trainer = Trainer(config("aleatoric-partitioning", dataset=str(published),
+                             experiment_name="published"), progress=False)
     assert trainer.pessimism.rollout_length.tolist() == [9]
     assert trainer.pessimism.threshold.tolist() == pytest.approx([0.00436])
+    assert trainer.resolved["ood_threshold"]["source"] == "table"
+    run_config = json.loads((trainer.run_dirs[0] / "config.json").read_text())
+    assert run_config["resolved"]["rollout_length"] == {"value": [9], "source": "table"}
     trainer = Trainer(config("aleatoric-penalty", rollout_length=(3,), pessimism=(0.5,),
                              experiment_name="flags"), progress=False)
     assert trainer.pessimism.rollout_length.tolist() == [3]
     assert trainer.pessimism.penalty.tolist() == [0.5]
-    assert trainer.pessimism.max_reward == pytest.approx(float(np.max(np.abs(
-        trainer.offline_dataset.rewards))))
+    assert trainer.pessimism.max_reward == pytest.approx(float(np.max(
+        trainer.offline_dataset.rewards)))
 
 
 def test_population_may_vary_pessimism_per_member(dirs):

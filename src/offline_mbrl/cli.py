@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
+from offline_mbrl.runs import RESOLVED_KEY
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 
 
@@ -151,6 +152,10 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
         except (OSError, json.JSONDecodeError) as error:
             raise UserError(f"cannot read --config {args.config} ({error}): "
                             "pass a JSON file of configuration fields") from None
+        if not isinstance(values, dict):
+            raise UserError(f"--config {args.config} holds a JSON {type(values).__name__}, "
+                            "not an object of configuration fields: pass a run's config.json")
+        values.pop(RESOLVED_KEY, None)  # what a run derived, not a setting
     if args.hyperparameters is not None:
         from offline_mbrl.hyperparameters import read_hyperparameters_file
 

@@ -159,13 +159,13 @@ class TrainerConfiguration(_Frozen):
     """Dataset file (D4RL HDF5) or minari:<id> instead of resolving env_name."""
     rollout_length: tuple[PositiveInt, ...] | None = None
     """Synthetic rollout length (one value, or one per population member); default: the
-    tuned table for the mode and dataset, else 5."""
+    tuned table for the mode and dataset, else max_virtual_rollout_length."""
     pessimism: tuple[NonNegativeFloat, ...] | None = None
     """Penalty coefficient λ of *-penalty modes (one value or one per member); default: the
-    tuned table, else half of R_max / max dataset uncertainty."""
+    tuned table, else R_max / the dataset's 99th-percentile uncertainty."""
     ood_threshold: tuple[NonNegativeFloat, ...] | None = None
     """Uncertainty threshold of *-partitioning modes (one value or one per member); default:
-    the tuned table, else the largest uncertainty on the dataset."""
+    the tuned table, else the dataset's 99th-percentile uncertainty."""
     real_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
     """Fraction of each agent batch drawn from real data (the rest is synthetic). 0.05 as in
     MBPO and MOPO: enough real transitions to anchor the critics to true rewards, while the

@@ -41,17 +41,26 @@ def lookup(mode: str, dataset_name: str | None) -> Tuned | None:
     return tuned_table().get((mode, dataset_name))
 
 
-def fallback_pessimism(mode: str, u_mean: float, u_max: float, max_reward: float) -> float:
+UNKNOWN_QUANTILE = 0.99
+"""Dataset-uncertainty quantile that the derived pessimism puts the edge of the known at."""
+
+
+def fallback_pessimism(mode: str, uncertainty: dict[str, float], max_reward: float) -> float:
     """Pessimism for untuned datasets, from the dataset's uncertainty statistics.
 
-    Partitioning: the largest uncertainty seen on the dataset, so that only state-action
-    pairs less certain than every real transition count as unknown. Penalty: half the top
-    of the seed's search range ``R_max / u_max``, i.e. the most uncertain dataset sample
-    loses half of ``R_max``.
+    Both kinds put the edge of the known at ``u_edge``, the dataset's 99th-percentile
+    uncertainty (``uncertainty["p99"]``): partitioning uses it as the threshold, so a
+    state-action less certain than 99% of the real transitions counts as unknown;
+    penalty uses ``λ = R_max / u_edge``, so a transition at that edge loses ``R_max``, the
+    reward partitioning gives unknown transitions (``-R_max``), and typical dataset
+    transitions lose a small fraction of it. The seed's searches span the mean to the
+    maximum (threshold) and ``[0, R_max / u_max]`` (λ); the maximum is set by a handful of
+    outliers, so rules anchored on it leave rollouts nearly unpenalised.
     """
+    edge = max(float(uncertainty["p99"]), 1e-12)
     if mode.endswith("partitioning"):
-        return u_max
-    return 0.5 * max_reward / max(u_max, 1e-12)
+        return edge
+    return max_reward / edge
 
 
 def read_hyperparameters_file(path: str | Path) -> dict[str, object]:

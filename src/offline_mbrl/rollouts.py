@@ -42,7 +42,8 @@ class Pessimism:
         rollout_length: ``[P]`` long, steps per rollout for each member.
         penalty: ``[P]`` λ for penalty modes.
         threshold: ``[P]`` uncertainty threshold for partitioning modes.
-        max_reward: ``R_max``, the largest reward magnitude in the dataset.
+        max_reward: ``R_max``, the largest reward in the dataset (see
+            :func:`~offline_mbrl.models.statistics.largest_reward`).
     """
 
     kind: PessimismKind

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from offline_mbrl.config import TrainerConfiguration
 from offline_mbrl.errors import UserError
@@ -55,8 +56,17 @@ def claim_run_dirs(run_dirs: list[Path], resume: bool, overwrite: bool) -> bool:
     return False
 
 
-def write_config(run_dir: Path, config: TrainerConfiguration) -> None:
-    (run_dir / CONFIG_FILE).write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+RESOLVED_KEY = "resolved"
+"""Key of ``config.json`` holding the values the run derived, and where each came from; it
+is informational, and ``--config`` ignores it."""
+
+
+def write_config(run_dir: Path, config: TrainerConfiguration,
+                 resolved: dict[str, Any] | None = None) -> None:
+    values = config.model_dump(mode="json")
+    if resolved:
+        values[RESOLVED_KEY] = resolved
+    (run_dir / CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n")
 
 
 def find_checkpoint(path: str | Path) -> Path:

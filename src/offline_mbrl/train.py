@@ -23,7 +23,12 @@ from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
 from offline_mbrl.compiling import compile_networks, compiler, eager_rollout_networks
 from offline_mbrl.config import MODEL_BASED_MODES, ONLINE_MODES, TrainerConfiguration
 from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
-from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
+from offline_mbrl.envs.registry import (
+    evaluation_env_id,
+    get_env_spec,
+    make_env,
+    make_vector_env,
+)
 from offline_mbrl.errors import NonFiniteError, UserError
 from offline_mbrl.logging import RunLogger
 from offline_mbrl.models.training import resolve_device
@@ -129,6 +134,8 @@ class Trainer:
         self.layout = TransitionLayout(self.obs_dim, self.act_dim)
 
         self.online = config.mode in ONLINE_MODES
+        self.eval_env = self.spec.gym_id
+        """Gymnasium id of the evaluation episodes (a dataset's own, see _load_dataset_rows)."""
         self.model_based = config.mode in MODEL_BASED_MODES or config.use_env_model
         # Everything that can fail on bad input happens before run directories are touched.
         dataset_rows = None if self.online else self._load_dataset_rows()
@@ -180,6 +187,8 @@ class Trainer:
 
         self.virtual: PopulationBuffer | None = None
         self.pessimism: Pessimism | None = None
+        self.resolved: dict[str, dict[str, Any]] = {}
+        """Values the configuration leaves open, with where each came from (config.json)."""
         if self.model_based:
             self.virtual = PopulationBuffer(self.P, config.virtual_buffer_size, self.layout,
                                             self.device)
@@ -195,7 +204,7 @@ class Trainer:
             self._restore()
         else:
             for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
-                write_config(run_dir, self.member_config(seed))
+                write_config(run_dir, self.member_config(seed), self.resolved)
         self.loggers = [RunLogger(d, resume_epochs=self.epoch if resuming else None)
                         for d in self.run_dirs]
         self._envs: Any = None
@@ -236,6 +245,7 @@ class Trainer:
                             f"{dataset.act_dim} but {self.config.env_name} needs "
                             f"{self.obs_dim}/{self.act_dim}: use the dataset of that environment")
         self.offline_dataset = dataset
+        self.eval_env = evaluation_env_id(self.config.env_name, dataset.metadata.get("env_id"))
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
         rows = self.layout.pack(as_tensor(dataset.observations), as_tensor(dataset.actions),
                                 as_tensor(dataset.rewards), as_tensor(dataset.next_observations),
@@ -298,38 +308,48 @@ class Trainer:
                                dtype=torch.float32, device=self.device)
 
     def _resolve_pessimism(self) -> Pessimism:
-        """Per-member rollout lengths and pessimism: flags, then the tuned table, then
-        values derived from the dataset's uncertainty statistics."""
+        """Per-member rollout lengths and pessimism: flags, then the tuned table (only for
+        the published D4RL files, recognised by content), then values derived from the
+        dataset's uncertainty statistics. Where each came from goes to ``self.resolved``."""
+        from offline_mbrl.data.d4rl import is_published_d4rl
         from offline_mbrl.hyperparameters import fallback_pessimism, lookup
+        from offline_mbrl.models.statistics import largest_reward
 
         config = self.config
         mode = config.mode
-        tuned = lookup(mode, self.spec.dataset_name) if config.dataset is None else None
-        lengths = config.rollout_length or (
-            (tuned.rollout_length,) if tuned else (config.max_virtual_rollout_length,))
+        name = self.spec.dataset_name
+        published = not self.online and is_published_d4rl(self.offline_dataset, name)
+        tuned = lookup(mode, name) if published else None
+        if config.rollout_length:
+            lengths, source = config.rollout_length, "flag"
+        elif tuned:
+            lengths, source = (tuned.rollout_length,), "table"
+        else:
+            lengths, source = (config.max_virtual_rollout_length,), "max_virtual_rollout_length"
         rollout_length = self._per_member("rollout_length", lengths).long()
+        self.resolved["rollout_length"] = {"value": rollout_length.tolist(), "source": source}
         penalty = torch.zeros(self.P, device=self.device)
         threshold = torch.full((self.P,), math.inf, device=self.device)
-        # R_max as the largest reward *magnitude*: the same as the largest reward on the
-        # locomotion datasets, and still a penalty where rewards are negative (Pendulum).
-        max_reward = (float(np.max(np.abs(self.offline_dataset.rewards)))
-                      if not self.online else 0.0)
+        max_reward = largest_reward(self.offline_dataset.rewards) if not self.online else 0.0
         if mode.endswith("-penalty") or mode.endswith("-partitioning"):
-            given = config.pessimism if mode.endswith("-penalty") else config.ood_threshold
+            field = "pessimism" if mode.endswith("-penalty") else "ood_threshold"
+            given, source = getattr(config, field), "flag"
             if given is None and tuned is not None:
-                given = (tuned.value,)
+                given, source = (tuned.value,), "table"
             if given is None:
                 from offline_mbrl.models.statistics import uncertainty_statistics
 
                 stats = uncertainty_statistics(self.model, self.offline_dataset, self.model_path)
                 kind = stats[mode.split("-")[0]]
-                given = (fallback_pessimism(mode, kind["mean"], kind["max"], max_reward),)
-            values = self._per_member("pessimism" if mode.endswith("-penalty")
-                                      else "ood_threshold", given)
+                given = (fallback_pessimism(mode, kind, max_reward),)
+                source = "derived from the dataset's uncertainty statistics"
+            values = self._per_member(field, given)
+            self.resolved[field] = {"value": values.tolist(), "source": source}
             if mode.endswith("-penalty"):
                 penalty = values
             else:
                 threshold = values
+        self.resolved["max_reward"] = {"value": max_reward, "source": "largest dataset reward"}
         return Pessimism.from_mode(mode, rollout_length, penalty, threshold, max_reward)
 
     def _rollout_round(self, start_source: Callable[[int], torch.Tensor]) -> None:
@@ -415,12 +435,14 @@ class Trainer:
             rewards=parts["reward"].numpy(), next_observations=parts["next_obs"].numpy(),
             terminals=parts["terminated"].numpy() > 0.5,
             timeouts=np.zeros(rows.shape[0], dtype=bool), name="replay")
-        # Retraining from scratch or warm: warm starts are approximated by fewer epochs.
+        # Warm retraining continues from the current weights, with a short patience.
         config = self._model_config()
-        if self.model is not None and not self.config.train_env_model_from_scratch:
+        warm = self.model is not None and not self.config.train_env_model_from_scratch
+        if warm:
             config = config.model_copy(update={"training_patience": 5})
         self.model, _ = train_environment_model(dataset, config, self.config.env_name,
-                                                progress=False)
+                                                progress=False,
+                                                initial=self.model if warm else None)
         self.model = self.model.to(self.device)
         if self.pessimism is None:
             self.pessimism = self._resolve_pessimism()
@@ -548,7 +570,7 @@ class Trainer:
         from offline_mbrl.evaluation import evaluate_population
 
         return evaluate_population(
-            self.config.env_name,
+            self.eval_env,
             lambda obs: self.agent.act(obs.to(self.device), deterministic=True),
             n_members=self.P,
             episodes=self.config.test_episodes,

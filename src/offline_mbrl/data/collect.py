@@ -1,4 +1,4 @@
-"""Record D4RL-style datasets by running a policy in the Gymnasium v5 environments.
+"""Record D4RL-style datasets by running a policy in the environments D4RL was recorded with.
 
 :func:`rollout_policy` is the shared recorder: it runs any batched policy
 ``obs [n, obs_dim] -> action [n, act_dim]`` and writes rows exactly as D4RL does

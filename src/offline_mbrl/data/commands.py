@@ -54,7 +54,7 @@ def print_info(ds: OfflineDataset, source: str, env_name: str | None = None) -> 
     table.add_column("value")
     table.add_row("source", source)
     for key in ("transitions", "episodes", "complete_episodes", "terminals", "timeouts",
-                "obs_dim", "act_dim"):
+                "obs_dim", "act_dim", "evaluation_env"):
         table.add_row(key, _fmt(info[key]))
     for prefix, label in (("return", "return"), ("score", "normalized score")):
         if info[f"{prefix}_mean"] is not None:
@@ -244,8 +244,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
-        "collect", help="record a dataset in the Gymnasium v5 environment",
-        description="Record a D4RL-protocol dataset on Gymnasium v5. random: uniform actions. "
+        "collect", help="record a dataset under the D4RL protocol",
+        description="Record a D4RL-protocol dataset on the environments D4RL was recorded with (Gymnasium v4). random: uniform actions. "
         "medium: a SAC policy trained until its deterministic evaluation reaches "
         "--target_score, sampled with its stochastic actions. medium-replay: every transition "
         "of that training run. expert: a SAC policy trained --expert_steps steps. "

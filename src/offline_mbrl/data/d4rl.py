@@ -27,6 +27,33 @@ from offline_mbrl.errors import UserError
 REQUIRED_KEYS: tuple[str, ...] = ("observations", "actions", "rewards", "terminals", "timeouts")
 
 
+PUBLISHED_ROWS: dict[str, int] = {
+    **{f"{env}-{kind}-v2": 1_000_000 for env in ("hopper", "halfcheetah", "walker2d")
+       for kind in ("random", "medium", "expert")},
+    **{f"{env}-medium-expert-v2": 2_000_000 for env in ("hopper", "halfcheetah", "walker2d")},
+    "hopper-medium-replay-v2": 402_000,
+    "halfcheetah-medium-replay-v2": 202_000,
+    "walker2d-medium-replay-v2": 302_000,
+}
+"""Rows of the published D4RL v2 files; the expert runs end a few hundred rows short."""
+_PUBLISHED_ROWS_SLACK = 1_000
+
+
+def is_published_d4rl(dataset: OfflineDataset, name: str | None) -> bool:
+    """Whether ``dataset`` is the published D4RL v2 file ``name``, judged by its content.
+
+    The seed's tuned values were found on those files, so they apply to them only: the
+    rows match the published count, the dimensions match the environment, and the file
+    carries no ``protocol`` of this library's own recorders (``ombrl datasets collect``).
+    """
+    rows = PUBLISHED_ROWS.get(name or "")
+    if rows is None or "protocol" in dataset.metadata:
+        return False
+    if not rows - _PUBLISHED_ROWS_SLACK <= len(dataset) <= rows:
+        return False
+    return (dataset.obs_dim, dataset.act_dim) == env_dims(get_env_spec(name).gym_id)
+
+
 @functools.lru_cache(maxsize=32)
 def env_dims(gym_id: str) -> tuple[int, int]:
     """``(obs_dim, act_dim)`` of a Gymnasium environment (cached: making a MuJoCo env is slow)."""

@@ -8,7 +8,7 @@ from offline_mbrl.data.d4rl import episode_segments
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.data.minari_io import local_minari_ids, minari_root
 from offline_mbrl.data.resolve import d4rl_cache_dir, d4rl_file_name, datasets_dir
-from offline_mbrl.envs.registry import all_dataset_names, get_env_spec
+from offline_mbrl.envs.registry import all_dataset_names, evaluation_env_id, get_env_spec
 from offline_mbrl.envs.scores import D4RL_REFERENCE_RETURNS, normalized_score
 from offline_mbrl.errors import UserError
 
@@ -22,6 +22,14 @@ def _family(dataset: OfflineDataset, env_name: str | None) -> str | None:
             except UserError:
                 continue
     return None
+
+
+def _evaluation_env(dataset: OfflineDataset, env_name: str | None) -> str | None:
+    name = env_name or dataset.name
+    try:
+        return evaluation_env_id(name, dataset.metadata.get("env_id"))
+    except UserError:
+        return None
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
@@ -78,6 +86,7 @@ def dataset_info(ds: OfflineDataset, env_name: str | None = None) -> dict[str, o
         "obs_max": [] if empty else ds.observations.max(axis=0).tolist(),
         "action_min": [] if empty else ds.actions.min(axis=0).tolist(),
         "action_max": [] if empty else ds.actions.max(axis=0).tolist(),
+        "evaluation_env": _evaluation_env(ds, env_name),
         "metadata": {k: v for k, v in ds.metadata.items()
                      if isinstance(v, (str, int, float, bool))},
     })

@@ -1,24 +1,28 @@
-"""Map D4RL-style names (``hopper-medium-replay-v2``) to Gymnasium v5 environments.
+"""Map D4RL-style names (``hopper-medium-replay-v2``) to Gymnasium MuJoCo environments.
 
-The seed README uses D4RL names everywhere, even for online training. The original
-D4RL datasets were recorded on ``*-v3`` MuJoCo environments that are no longer
-maintained; we run the maintained Gymnasium ``*-v5`` versions, which have the same
-observation and action layouts.
+The seed README uses D4RL names everywhere, even for online training. The D4RL v2 datasets
+were recorded on gym's ``*-v3`` environments; Gymnasium's ``*-v4`` environments load the
+same MuJoCo models through the maintained ``mujoco`` bindings, so D4RL names run on them
+and scores stay comparable with published ones. ``*-v5`` changed the models (Walker2d's
+left foot friction), so data recorded on v5 is evaluated on v5: a dataset's own
+``env_id`` (see :func:`dataset_env_id`) takes precedence over this table.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 
 from offline_mbrl.errors import UserError
 
 D4RL_ENVS: dict[str, str] = {
-    "hopper": "Hopper-v5",
-    "halfcheetah": "HalfCheetah-v5",
-    "walker2d": "Walker2d-v5",
+    "hopper": "Hopper-v4",
+    "halfcheetah": "HalfCheetah-v4",
+    "walker2d": "Walker2d-v4",
 }
 D4RL_KINDS: tuple[str, ...] = ("random", "medium-replay", "medium", "medium-expert", "expert")
 
@@ -33,7 +37,7 @@ class EnvSpec:
 
     Attributes:
         name: the name as given by the user (``hopper-medium-replay-v2``, ``Pendulum-v1``).
-        gym_id: the Gymnasium id that is instantiated (``Hopper-v5``).
+        gym_id: the Gymnasium id that is instantiated (``Hopper-v4``).
         family: ``hopper``, ``halfcheetah``, ``walker2d`` for the MuJoCo locomotion tasks,
             otherwise the Gymnasium id itself.
         dataset_kind: the D4RL dataset kind (``medium-replay``), or ``None`` when the name
@@ -79,10 +83,31 @@ def get_env_spec(name: str) -> EnvSpec:
     )
 
 
+def _make(gym_id: str, **kwargs: Any) -> gym.Env:
+    with warnings.catch_warnings():
+        # The v4 environments are kept on purpose (see the module docstring).
+        warnings.filterwarnings("ignore", message=".*is out of date.*")
+        return gym.make(gym_id, **kwargs)
+
+
+def evaluation_env_id(name: str, recorded_env_id: object = None) -> str:
+    """The Gymnasium id a dataset's policies are evaluated on.
+
+    Data recorded by this library carries the id it was recorded on (``env_id`` in its
+    metadata), which is used when it is registered and of the same family as ``name``;
+    published D4RL files carry none and run on ``name``'s environment (``*-v4``).
+    """
+    spec = get_env_spec(name)
+    if isinstance(recorded_env_id, str) and recorded_env_id in gym.registry \
+            and get_env_spec(recorded_env_id).family == spec.family:
+        return recorded_env_id
+    return spec.gym_id
+
+
 def make_env(name: str, render_mode: str | None = None, **kwargs: object) -> gym.Env:
     """Instantiate the Gymnasium environment behind ``name`` (with its default time limit)."""
     spec = get_env_spec(name)
-    return gym.make(spec.gym_id, render_mode=render_mode, **kwargs)
+    return _make(spec.gym_id, render_mode=render_mode, **kwargs)
 
 
 def episode_limit(name: str, max_episode_length: int) -> int:
@@ -104,6 +129,6 @@ def make_vector_env(name: str, n: int, max_episode_length: int | None = None
     kwargs = {} if max_episode_length is None else {
         "max_episode_steps": episode_limit(name, max_episode_length)}
     return gym.vector.SyncVectorEnv(
-        [lambda: gym.make(spec.gym_id, **kwargs) for _ in range(n)],
+        [lambda: _make(spec.gym_id, **kwargs) for _ in range(n)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )

@@ -137,6 +137,15 @@ def split_indices(
     return perm[n_val:], perm[:n_val]
 
 
+def _without_resets(indices: torch.Tensor, dataset: OfflineDataset) -> torch.Tensor:
+    """``indices`` less the rows whose next observation belongs to another episode."""
+    resets = dataset.metadata.get("reset_next_observation_rows")
+    if resets is None or len(np.atleast_1d(resets)) == 0:
+        return indices
+    drop = torch.as_tensor(np.atleast_1d(np.asarray(resets, dtype=np.int64)))
+    return indices[~torch.isin(indices, drop)]
+
+
 def _check_finite(dataset: OfflineDataset) -> None:
     for key in ("observations", "actions", "rewards", "next_observations"):
         array = getattr(dataset, key)
@@ -211,6 +220,7 @@ def train_environment_model(
     env_name: str | None = None,
     log_dir: str | Path | None = None,
     progress: bool = True,
+    initial: EnvironmentModel | None = None,
 ) -> tuple[EnvironmentModel, dict[str, Any]]:
     """Train an ensemble on ``dataset`` with early stopping (see the module docstring).
 
@@ -221,6 +231,13 @@ def train_environment_model(
             and used (before ``dataset.name``) to pick the default patience.
         log_dir: write TensorBoard scalars here when given.
         progress: show a rich progress bar.
+        initial: a model of the same architecture to continue from (warm start): its
+            weights and learned log-variance bounds are the starting point, the normaliser
+            is refitted to ``dataset``.
+
+    Rows whose ``next_observations`` were derived across an episode boundary (D4RL v0/v1
+    files; ``metadata["reset_next_observation_rows"]``) are left out: they would teach the
+    model a jump to the next episode's start.
 
     Returns:
         The trained model (best weights per member, elites set, in eval mode) and metrics:
@@ -250,13 +267,17 @@ def train_environment_model(
 
     obs, action = column(dataset.observations), column(dataset.actions)
     next_obs, reward = column(dataset.next_observations), column(dataset.rewards)
-    tr, va = train_idx.to(device), val_idx.to(device)
+    tr, va = (_without_resets(idx, dataset).to(device) for idx in (train_idx, val_idx))
 
     model = EnvironmentModel(
         dataset.obs_dim, dataset.act_dim, type=config.type, n_networks=config.n_networks,
         n_hidden_layers=config.n_hidden_layers, n_hidden_units=config.n_hidden_units,
         reward_n_hidden_units=config.reward_n_hidden_units, env_name=env_name, seed=config.seed,
     ).to(device)
+    if initial is not None:
+        state = initial.state_dict()
+        state["elites"] = model.elites  # chosen again below
+        model.load_state_dict(state)
     norm = model.normalizer
     # Statistics from the training split only; the clipping range from all data.
     norm.fit(obs[tr], action[tr], next_obs[tr], reward[tr],

@@ -1,0 +1,281 @@
+"""Learning evidence: every offline mode on D4RL-protocol datasets this project generates.
+
+For each dataset (default ``hopper-medium-replay-v2`` and ``hopper-medium-v2``):
+
+1. the dataset is generated with ``ombrl datasets collect``'s own code under the D4RL
+   protocol (a SAC run on the v4 environment until a third of expert score; medium-replay
+   is its replay buffer, medium samples the policy it reached) or reused;
+2. the environment model is trained once (the first model-based mode trains and saves it,
+   the others reuse it);
+3. behavioral cloning, offline SAC and the four pessimistic modes train as populations of
+   ``--seeds``, with the library's defaults for everything the command does not set
+   (pessimism derived from the dataset's uncertainty statistics: the data is not the
+   published D4RL file, so the seed's tuned table does not apply);
+4. ``--rules previous`` adds rows of the penalty and partitioning modes with the rule the
+   project used before (threshold = the largest dataset uncertainty, λ = ½·R_max / u_max),
+   to show what the derived rule changes.
+
+Everything lives under ``--root`` (default ``data/learning``). Every (dataset, mode) run
+resumes where it stopped and finished runs are skipped, so the work can be split across
+invocations (``--datasets``, ``--modes``) and interrupted at any time. The results table
+(``results.md``, ``results.csv``: per seed, mean ± std and IQM with a bootstrap interval of
+the score, where a seed's score is the mean of its last ``--last_k`` evaluations) and the
+learning-curve figure (``learning.png``) go to ``--out`` (default ``benchmarks/results``).
+
+Usage::
+
+    .venv/bin/python benchmarks/learning.py                       # defaults, ~2 h on 2 cores
+    .venv/bin/python benchmarks/learning.py --datasets hopper-medium-replay-v2 --modes \\
+        behavioral-cloning aleatoric-partitioning
+    .venv/bin/python benchmarks/learning.py --report_only          # tables and figure only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_MODES = ("behavioral-cloning", "offline-sac", "epistemic-penalty",
+                 "aleatoric-partitioning", "aleatoric-penalty", "epistemic-partitioning")
+RULES = ("derived", "previous")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One population run: a dataset, a mode and the pessimism rule of its defaults."""
+
+    dataset: str
+    mode: str
+    rule: str = "derived"
+
+    @property
+    def experiment(self) -> str:
+        suffix = "" if self.rule == "derived" else f"-{self.rule}-rule"
+        return f"{self.dataset}-{self.mode}{suffix}"
+
+    @property
+    def label(self) -> str:
+        return self.mode if self.rule == "derived" else f"{self.mode} ({self.rule} rule)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT / "data" / "learning",
+                        help="datasets, models and runs (default data/learning)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="where the table and figure go (default benchmarks/results)")
+    parser.add_argument("--datasets", nargs="+",
+                        default=["hopper-medium-replay-v2", "hopper-medium-v2"])
+    parser.add_argument("--modes", nargs="+", default=list(OFFLINE_MODES),
+                        choices=OFFLINE_MODES)
+    parser.add_argument("--rules", nargs="+", default=["derived"], choices=RULES,
+                        help="pessimism rules of the penalty and partitioning modes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10, help="evaluations per run")
+    parser.add_argument("--steps_per_epoch", type=int, default=3000,
+                        help="agent updates between evaluations")
+    parser.add_argument("--test_episodes", type=int, default=10)
+    parser.add_argument("--last_k", type=int, default=3,
+                        help="a seed's score is the mean of its last this many evaluations")
+    parser.add_argument("--model_epochs", type=int, default=40,
+                        help="cap on the environment model's training epochs")
+    parser.add_argument("--collect_steps", type=int, default=200_000,
+                        help="cap on the env steps of the SAC run behind the datasets")
+    parser.add_argument("--medium_size", type=int, default=200_000,
+                        help="transitions of the medium datasets")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report_only", action="store_true",
+                        help="only write the table and figure from the runs on disk")
+    return parser.parse_args(argv)
+
+
+def set_directories(root: Path) -> None:
+    os.environ["OMBRL_DATASETS_DIR"] = str(root / "datasets")
+    os.environ["OMBRL_MODELS_DIR"] = str(root / "models")
+    os.environ["OMBRL_DATA_DIR"] = str(root / "experiments")
+    os.environ.setdefault("OMBRL_OFFLINE", "1")  # the data is generated, never downloaded
+
+
+def ensure_dataset(name: str, args: argparse.Namespace) -> Path:
+    """The dataset file, generated under the D4RL protocol if it is not there yet."""
+    from offline_mbrl.data.collect import SACCollectionOptions, collect
+    from offline_mbrl.data.d4rl import write_d4rl_hdf5
+
+    path = args.root / "datasets" / f"{name}.hdf5"
+    if path.is_file():
+        return path
+    options = SACCollectionOptions(max_train_steps=args.collect_steps, steps_per_epoch=5000,
+                                   test_episodes=5)
+    size = args.medium_size if not name.endswith("medium-replay-v2") else None
+    dataset = collect(name, size, seed=0, options=options, log=print)
+    write_d4rl_hdf5(dataset, path)
+    print(f"wrote {len(dataset)} transitions to {path}", flush=True)
+    return path
+
+
+def previous_rule(unit: Unit, dataset_path: Path, args: argparse.Namespace) -> dict[str, object]:
+    """The pessimism the project derived before: threshold u_max, λ = ½·R_max / u_max."""
+    from offline_mbrl.data.resolve import load_dataset
+    from offline_mbrl.models.io import default_model_path, load_environment_model
+    from offline_mbrl.models.statistics import largest_reward, uncertainty_statistics
+
+    data = load_dataset(unit.dataset, dataset=str(dataset_path))
+    path = default_model_path(unit.dataset)
+    model, _ = load_environment_model(path)
+    u_max = uncertainty_statistics(model, data, path)[unit.mode.split("-")[0]]["max"]
+    if unit.mode.endswith("partitioning"):
+        return {"ood_threshold": (u_max,)}
+    return {"pessimism": (0.5 * largest_reward(data.rewards) / u_max,)}
+
+
+def run_dirs(unit: Unit, args: argparse.Namespace) -> list[Path]:
+    base = args.root / "experiments" / unit.experiment
+    return [base / f"{unit.experiment}-s{seed}" for seed in args.seeds]
+
+
+def finished(unit: Unit, args: argparse.Namespace) -> bool:
+    from offline_mbrl.plotting import read_progress
+
+    for run_dir in run_dirs(unit, args):
+        progress = run_dir / "progress.txt"
+        if not progress.is_file():
+            return False
+        if len(read_progress(progress).get("Epoch", [])) < args.epochs:
+            return False
+    return True
+
+
+def train_unit(unit: Unit, dataset_path: Path, args: argparse.Namespace) -> None:
+    from offline_mbrl.config import TrainerConfiguration, make_config
+    from offline_mbrl.train import Trainer
+
+    if finished(unit, args):
+        print(f"{unit.experiment}: finished, skipped", flush=True)
+        return
+    extra = previous_rule(unit, dataset_path, args) if unit.rule == "previous" else {}
+    config = make_config(
+        TrainerConfiguration, env_name=unit.dataset, mode=unit.mode, seeds=tuple(args.seeds),
+        dataset=str(dataset_path), experiment_name=unit.experiment,
+        offline_epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        test_episodes=args.test_episodes, threads=args.threads,
+        env_model={"max_number_of_training_epochs": args.model_epochs}, **extra)
+    resume = all((d / "checkpoint.pt").is_file() for d in run_dirs(unit, args))
+    print(f"{unit.experiment}: {'resuming' if resume else 'training'} seeds {args.seeds}",
+          flush=True)
+    start = time.time()
+    Trainer(config, resume=resume, overwrite=not resume, progress=False).run()
+    print(f"{unit.experiment}: done in {time.time() - start:.0f} s", flush=True)
+
+
+def seed_scores(unit: Unit, args: argparse.Namespace) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per seed, the mean of the last ``last_k`` normalised scores, and each seed's curve."""
+    from offline_mbrl.plotting import read_progress
+
+    finals, curves = [], []
+    for run_dir in run_dirs(unit, args):
+        path = run_dir / "progress.txt"
+        if not path.is_file():
+            continue
+        progress = read_progress(path)
+        score = np.asarray(progress.get("NormalizedTestScore", []), dtype=float)
+        updates = np.asarray(progress.get("TotalUpdates", []), dtype=float)
+        if score.size:
+            finals.append(float(score[-args.last_k:].mean()))
+            curves.append(np.stack([updates, score]))
+    return np.asarray(finals), curves
+
+
+def report(units: list[Unit], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from offline_mbrl.plotting import stratified_bootstrap_iqm
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [f"| dataset | mode | seeds | score per seed | mean ± std | IQM [95% CI] |",
+             "|---|---|--:|---|--:|--:|"]
+    csv = ["dataset,mode,rule,seeds,scores,mean,std,iqm,ci_low,ci_high"]
+    datasets = list(dict.fromkeys(u.dataset for u in units))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for i, unit in enumerate(u for u in units if u.dataset == dataset):
+            finals, curves = seed_scores(unit, args)
+            if not finals.size:
+                continue
+            estimate = stratified_bootstrap_iqm([finals], rng=0)
+            std = float(finals.std(ddof=1)) if finals.size > 1 else 0.0
+            per_seed = ", ".join(f"{s:.1f}" for s in finals)
+            lines.append(f"| {dataset} | {unit.label} | {finals.size} | {per_seed} | "
+                         f"{finals.mean():.1f} ± {std:.1f} | {estimate.iqm:.1f} "
+                         f"[{estimate.ci_low:.1f}, {estimate.ci_high:.1f}] |")
+            csv.append(f"{dataset},{unit.mode},{unit.rule},{finals.size},"
+                       f"{' '.join(f'{s:.3f}' for s in finals)},{finals.mean():.3f},{std:.3f},"
+                       f"{estimate.iqm:.3f},{estimate.ci_low:.3f},{estimate.ci_high:.3f}")
+            length = min(c.shape[1] for c in curves)
+            x = curves[0][0, :length]
+            ys = np.stack([c[1, :length] for c in curves])
+            style = "--" if unit.mode == "behavioral-cloning" else "-"
+            if unit.rule != "derived":
+                style = ":"
+            color = f"C{i}"
+            ax.plot(x, ys.mean(0), style, color=color, label=unit.label)
+            ax.fill_between(x, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=color,
+                            alpha=0.15)
+        ax.set_title(dataset)
+        ax.set_xlabel("agent updates")
+        ax.set_ylabel("D4RL normalised score")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(args.out / "learning.png", dpi=120)
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    (args.out / "results.csv").write_text("\n".join(csv) + "\n")
+    meta = {"command": " ".join(sys.argv), "commit": _commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seeds": args.seeds, "updates": args.epochs * args.steps_per_epoch,
+            "test_episodes": args.test_episodes, "last_k": args.last_k,
+            "model_epochs": args.model_epochs, "collect_steps": args.collect_steps}
+    (args.out / "results.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.root = args.root.resolve()
+    set_directories(args.root)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    units = [Unit(d, m, r) for d in args.datasets for m in args.modes for r in args.rules
+             if r == "derived" or m.endswith(("penalty", "partitioning"))]
+    if not args.report_only:
+        for dataset in args.datasets:
+            path = ensure_dataset(dataset, args)
+            for unit in (u for u in units if u.dataset == dataset):
+                train_unit(unit, path, args)
+            report(units, args)
+    report(units, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
