@@ -203,7 +203,7 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     from offline_mbrl.plotting import stratified_bootstrap_iqm
 
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"| dataset | mode | seeds | score per seed | mean ± std | IQM [95% CI] |",
+    lines = ["| dataset | mode | seeds | score per seed | mean ± std | IQM [95% CI] |",
              "|---|---|--:|---|--:|--:|"]
     csv = ["dataset,mode,rule,seeds,scores,mean,std,iqm,ci_low,ci_high"]
     datasets = list(dict.fromkeys(u.dataset for u in units))

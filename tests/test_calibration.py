@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.test_rollouts import ACT, OBS, small_agent
 
 from offline_mbrl.config import TrainerConfiguration
 from offline_mbrl.data.buffer import PopulationBuffer, TransitionLayout
@@ -20,7 +21,6 @@ from offline_mbrl.models.statistics import largest_reward, uncertainty_statistic
 from offline_mbrl.models.training import EnvironmentModelConfiguration, train_environment_model
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism, rollout
-from tests.test_rollouts import OBS, ACT, small_agent
 
 TINY_MODEL = EnvironmentModelConfiguration(
     n_networks=3, n_hidden_layers=1, n_hidden_units=16, reward_n_hidden_units=8,

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
-from offline_mbrl.runs import RESOLVED_KEY
 from offline_mbrl.models.training import EnvironmentModelConfiguration
+from offline_mbrl.runs import RESOLVED_KEY
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -245,7 +245,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "collect", help="record a dataset under the D4RL protocol",
-        description="Record a D4RL-protocol dataset on the environments D4RL was recorded with (Gymnasium v4). random: uniform actions. "
+        description="Record a D4RL-protocol dataset on the environments D4RL was recorded with "
+        "(Gymnasium v4). random: uniform actions. "
         "medium: a SAC policy trained until its deterministic evaluation reaches "
         "--target_score, sampled with its stochastic actions. medium-replay: every transition "
         "of that training run. expert: a SAC policy trained --expert_steps steps. "
