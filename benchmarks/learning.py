@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pessimism rules of the penalty and partitioning modes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10, help="evaluations per run")
-    parser.add_argument("--steps_per_epoch", type=int, default=3000,
+    parser.add_argument("--steps_per_epoch", type=int, default=2500,
                         help="agent updates between evaluations")
     parser.add_argument("--test_episodes", type=int, default=10)
     parser.add_argument("--last_k", type=int, default=3,
@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cap on the environment model's training epochs")
     parser.add_argument("--collect_steps", type=int, default=200_000,
                         help="cap on the env steps of the SAC run behind the datasets")
-    parser.add_argument("--medium_size", type=int, default=200_000,
+    parser.add_argument("--medium_size", type=int, default=100_000,
                         help="transitions of the medium datasets")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report_only", action="store_true",
@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    units = [Unit(d, m, r) for d in args.datasets for m in args.modes for r in args.rules
+    # The library's defaults first, comparisons after them.
+    units = [Unit(d, m, r) for d in args.datasets for r in args.rules for m in args.modes
              if r == "derived" or m.endswith(("penalty", "partitioning"))]
     if not args.report_only:
         for dataset in args.datasets:

@@ -160,6 +160,10 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
         from offline_mbrl.hyperparameters import read_hyperparameters_file
 
         values.update(read_hyperparameters_file(args.hyperparameters))
+    for group in ("agent", "env_model"):
+        if not isinstance(values.get(group, {}), dict):
+            raise UserError(f"'{group}' in the configuration file must be an object of fields, "
+                            f"got {values[group]!r}: write it as in a run's config.json")
     agent = dict(values.get("agent", {}))
     env_model = dict(values.get("env_model", {}))
     for name in TrainerConfiguration.model_fields:

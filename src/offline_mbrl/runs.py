@@ -10,6 +10,7 @@ from typing import Any
 
 from offline_mbrl.config import TrainerConfiguration
 from offline_mbrl.errors import UserError
+from offline_mbrl.paths import child_path
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -21,14 +22,17 @@ def experiments_root() -> Path:
 
 
 def experiment_name(config: TrainerConfiguration) -> str:
-    return config.experiment_name or f"{config.env_name}-{config.mode}"
+    if config.experiment_name is not None:
+        return config.experiment_name
+    return f"{config.env_name}-{config.mode}"
 
 
 def member_run_dirs(config: TrainerConfiguration, root: Path | None = None) -> list[Path]:
     """``<root>/<experiment>/<experiment>-s<seed>/`` for every member of the population."""
     root = experiments_root() if root is None else root
     name = experiment_name(config)
-    return [root / name / f"{name}-s{seed}" for seed in config.population_seeds]
+    base = child_path(root, name, "experiment name", "--exp_name")
+    return [base / f"{Path(name).name}-s{seed}" for seed in config.population_seeds]
 
 
 def claim_run_dirs(run_dirs: list[Path], resume: bool, overwrite: bool) -> bool:

@@ -21,6 +21,7 @@ from offline_mbrl.data.resolve import (
     MINARI_PREFIX,
     check_dataset_name,
     d4rl_url,
+    dataset_file,
     datasets_dir,
     load_dataset,
     local_dataset_path,
@@ -92,7 +93,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     if offline_mode():
         raise UserError(f"cannot download {name}: OMBRL_OFFLINE is set; unset it, or create the "
                         f"data with `ombrl datasets collect {name}`")
-    dest = datasets_dir() / f"{name}.hdf5"
+    dest = dataset_file(name)
     download_file(d4rl_url(name), dest, progress=not args.quiet,
                   hint=f"set OMBRL_D4RL_URL to a reachable mirror, or create the data with "
                        f"`ombrl datasets collect {name}`")
@@ -169,7 +170,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     """Record a dataset by running its protocol's policy, and write it as a D4RL file."""
     name: str = args.name
     kind = get_env_spec(name).dataset_kind
-    out = Path(args.out) if args.out else datasets_dir() / f"{name}.hdf5"
+    out = Path(args.out) if args.out else dataset_file(name)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists: pass --overwrite to replace it or --out PATH")
     size = DEFAULT_SIZE if args.size is None else args.size

@@ -28,6 +28,7 @@ from offline_mbrl.data.download import download_file
 from offline_mbrl.data.minari_io import default_minari_id, load_minari, minari_dataset_exists
 from offline_mbrl.envs.registry import all_dataset_names, get_env_spec
 from offline_mbrl.errors import UserError
+from offline_mbrl.paths import child_path
 
 D4RL_BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 MINARI_PREFIX = "minari:"
@@ -36,6 +37,11 @@ MINARI_PREFIX = "minari:"
 def datasets_dir() -> Path:
     """``$OMBRL_DATASETS_DIR`` (default ``./data/datasets``)."""
     return Path(os.environ.get("OMBRL_DATASETS_DIR") or "data/datasets")
+
+
+def dataset_file(name: str) -> Path:
+    """``$OMBRL_DATASETS_DIR/<name>.hdf5``, refused if the name leads outside it."""
+    return child_path(datasets_dir(), f"{name}.hdf5", "dataset name", "a dataset name")
 
 
 def d4rl_cache_dir() -> Path:
@@ -82,7 +88,7 @@ def d4rl_url(name: str) -> str:
 
 def local_dataset_path(name: str) -> Path | None:
     """The first of ``$OMBRL_DATASETS_DIR/<name>.hdf5`` and d4rl's cached file that exists."""
-    for candidate in (datasets_dir() / f"{name}.hdf5", d4rl_cache_dir() / d4rl_file_name(name)):
+    for candidate in (dataset_file(name), d4rl_cache_dir() / d4rl_file_name(name)):
         if candidate.is_file():
             return candidate
     return None
@@ -134,7 +140,7 @@ def resolve_dataset_path(
         why = "OMBRL_OFFLINE is set" if offline_mode() else "downloads are disabled"
         raise UserError(f"no local data for {name} and {why}: {_how_to_get(name)}")
     url = d4rl_url(name)
-    return download_file(url, datasets_dir() / f"{name}.hdf5",
+    return download_file(url, dataset_file(name),
                          hint=_how_to_get(name, download_failed=True))
 
 

@@ -27,6 +27,7 @@ from offline_mbrl.checkpoint import atomic_torch_save
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.errors import UserError
 from offline_mbrl.models.ensemble import EnvironmentModel
+from offline_mbrl.paths import child_path
 
 FORMAT = "offline_mbrl.environment_model"
 FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ def models_dir() -> Path:
 
 def default_model_path(env_name: str) -> Path:
     """``$OMBRL_MODELS_DIR/<env_name>-model.pt``."""
-    return models_dir() / f"{env_name}-model.pt"
+    return child_path(models_dir(), f"{env_name}-model.pt", "model name", "--env_name")
 
 
 def library_version() -> str:
