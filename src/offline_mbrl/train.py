@@ -29,6 +29,7 @@ from offline_mbrl.envs.registry import (
     make_env,
     make_vector_env,
 )
+from offline_mbrl.envs.state import episode_state, restore_episode
 from offline_mbrl.errors import NonFiniteError, UserError
 from offline_mbrl.logging import RunLogger
 from offline_mbrl.models.training import resolve_device
@@ -197,6 +198,7 @@ class Trainer:
         self.rollout_stats: dict[str, torch.Tensor] = {}
         self.rollout_rounds = 0
         self._virtual_empty = True
+        self._resumed_episodes: list[dict[str, Any]] | None = None
 
         if pretrained is not None:
             self.agent.load_state_dict(stack_member_states([pretrained] * self.P))
@@ -469,7 +471,19 @@ class Trainer:
                          "total_updates": self.total_updates},
         }
         if self.replay is not None:
-            state["replay"] = split_member_state(self.replay.state_dict(), P, member)
+            state["replay"] = self.replay.member_state(member)
+        if self.virtual is not None:
+            state["synthetic"] = self.virtual.member_state(member)
+            state["synthetic_empty"] = self._virtual_empty
+        if self.online and self._envs is not None:
+            episode = episode_state(self._envs.envs[member])
+            if episode is not None:
+                episode["obs"] = self._env_state["obs"][member].cpu()
+                state["episode"] = episode
+        if self.online and self.model is not None:
+            # mbpo's model is part of the run's state: it is retrained as the run goes on.
+            state["model"] = {"architecture": self.model.architecture(),
+                              "state": self.model.state_dict()}
         return state
 
     def save(self) -> None:
@@ -494,7 +508,20 @@ class Trainer:
         self.total_env_steps = states[0]["counters"]["total_env_steps"]
         self.total_updates = states[0]["counters"]["total_updates"]
         if self.replay is not None:
-            self.replay.load_state_dict(stack_member_states([s["replay"] for s in states]))
+            self.replay.load_member_states([s["replay"] for s in states])
+        if self.virtual is not None:
+            self.virtual.load_member_states([s["synthetic"] for s in states])
+            self._virtual_empty = bool(states[0]["synthetic_empty"])
+        if self.online and all("episode" in s for s in states):
+            self._resumed_episodes = [s["episode"] for s in states]
+        if "model" in states[0]:
+            from offline_mbrl.models.ensemble import EnvironmentModel
+
+            saved = states[0]["model"]
+            self.model = EnvironmentModel(**saved["architecture"])
+            self.model.load_state_dict(saved["state"])
+            self.model = self.model.to(self.device).eval()
+            self.pessimism = self._resolve_pessimism()
 
     # ------------------------------------------------------------------ training
     def _update(self, source: Callable[[], torch.Tensor], metrics: EpochMetrics) -> None:
@@ -594,10 +621,15 @@ class Trainer:
         if not self.online or self._envs is not None:
             return
         self._envs = make_vector_env(self.config.env_name, self.P, self.config.max_episode_length)
-        # Resumed runs start fresh episodes; seeds move on so they are not replays.
         obs, _ = self._envs.reset(seed=[s * 1000 + self.epoch for s in self.seeds])
-        self._env_state["obs"] = torch.as_tensor(obs, dtype=torch.float32,
-                                                 device=self.device)[:, None]
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[:, None]
+        if self._resumed_episodes is not None:
+            # A resumed run continues the episodes it stopped in (see envs/state.py).
+            for env, episode in zip(self._envs.envs, self._resumed_episodes, strict=True):
+                restore_episode(env, episode)
+            obs = torch.stack([e["obs"] for e in self._resumed_episodes]).to(self.device)
+            self._resumed_episodes = None
+        self._env_state["obs"] = obs
 
     def use_envs(self, envs: Any, obs: np.ndarray) -> None:
         """Train online in ``envs`` (one sub-environment per member, already reset to

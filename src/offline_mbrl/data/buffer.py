@@ -110,6 +110,30 @@ class PopulationBuffer:
         if rows.shape[1]:
             self.add(rows[:, -self.capacity:])
 
+    def member_state(self, member: int) -> dict[str, torch.Tensor]:
+        """Member ``member``'s filled rows in slot order, with its write position.
+
+        Slot order (not insertion order) keeps every index where it was, so a restored
+        buffer draws the very rows the original would have drawn: resume is exact.
+        """
+        size = int(self.size[member])
+        return {"rows": self.data[member, :size].cpu(), "position": self.position[member].cpu(),
+                "capacity": torch.tensor(self.capacity)}
+
+    def load_member_states(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """Inverse of :meth:`member_state`, one state per member."""
+        if len(states) != self.n_members:
+            raise ValueError(f"{len(states)} member states for {self.n_members} members")
+        self.clear()
+        for member, state in enumerate(states):
+            if int(state["capacity"]) != self.capacity:
+                raise ValueError(f"a buffer of capacity {int(state['capacity'])} cannot be "
+                                 f"restored into one of capacity {self.capacity}")
+            rows = state["rows"].to(self.device)
+            self.data[member, :rows.shape[0]] = rows
+            self.size[member] = rows.shape[0]
+            self.position[member] = int(state["position"])
+
 
 class DatasetSampler:
     """Uniform batches from a fixed dataset ``[N, F]`` shared by all members."""
