@@ -3,10 +3,10 @@
 import math
 
 import pytest
+from tests.test_modes import config, dirs, hopper_dataset  # noqa: F401 (fixtures)
 
 from offline_mbrl.logging import read_progress
 from offline_mbrl.train import Trainer
-from tests.test_modes import config, dirs, hopper_dataset  # noqa: F401 (fixtures)
 
 EXACT_MODES = ["offline-sac", "behavioral-cloning", "epistemic-penalty",
                "aleatoric-partitioning", "sac", "mbpo"]
