@@ -40,3 +40,26 @@ def test_resumed_run_equals_uninterrupted_run(mode, dirs):  # noqa: F811
     for row_expected, row_got in zip(expected, got, strict=True):
         for key, value in row_expected.items():
             assert _same(row_got[key], value), (key, row_got[key], value)
+
+
+def test_tensorboard_matches_progress_after_a_resume(dirs):  # noqa: F811
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    settings = {"steps_per_epoch": 25, "experiment_name": "tb"}
+    trainer = Trainer(config("behavioral-cloning", offline_epochs=2, **settings), progress=False)
+    trainer.run()
+    # A crash after epoch 3 was logged but before its checkpoint was written:
+    stray = SummaryWriter(str(trainer.run_dirs[0] / "tensorboard"))
+    stray.add_scalar("test/AverageTestEpRet", 123.0, 75)
+    stray.close()
+    Trainer(config("behavioral-cloning", offline_epochs=3, **settings), resume=True,
+            progress=False).run()
+    events = EventAccumulator(str(trainer.run_dirs[0] / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("test/AverageTestEpRet")]
+    assert steps == [25, 50, 75]
+    progress = read_progress(trainer.run_dirs[0] / "progress.txt")
+    values = [e.value for e in events.Scalars("test/AverageTestEpRet")]
+    assert values == pytest.approx(progress["AverageTestEpRet"], rel=1e-5)

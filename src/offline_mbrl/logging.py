@@ -61,10 +61,15 @@ def read_progress(path: str | Path) -> dict[str, list[float]]:
 class RunLogger:
     """Everything one member's run directory records per epoch."""
 
-    def __init__(self, run_dir: Path, resume_epochs: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resume_epochs: int | None = None,
+                 purge_step: int | None = None) -> None:
+        """``resume_epochs``: keep that many progress rows; ``purge_step``: TensorBoard drops
+        the events of earlier sessions at this step or later (logged after the checkpoint a
+        run resumes from), so that its curves match ``progress.txt``."""
         self.run_dir = run_dir
         self.progress = ProgressLog(run_dir, keep_epochs=resume_epochs)
-        self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
+                                         purge_step=purge_step)
 
     def log_epoch(self, row: dict[str, Any], step: int) -> None:
         self.progress.write(row)

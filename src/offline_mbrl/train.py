@@ -207,8 +207,9 @@ class Trainer:
         else:
             for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
                 write_config(run_dir, self.member_config(seed), self.resolved)
-        self.loggers = [RunLogger(d, resume_epochs=self.epoch if resuming else None)
-                        for d in self.run_dirs]
+        purge = self.log_step + 1 if resuming else None
+        self.loggers = [RunLogger(d, resume_epochs=self.epoch if resuming else None,
+                                  purge_step=purge) for d in self.run_dirs]
         self._envs: Any = None
         self._env_state: dict[str, Any] = {}
 
@@ -724,6 +725,11 @@ class Trainer:
             self.close()
         return last_rows
 
+    @property
+    def log_step(self) -> int:
+        """TensorBoard's x-axis: agent updates offline, environment steps online."""
+        return self.total_env_steps if self.online else self.total_updates
+
     def close(self) -> None:
         """Release loggers and environments (``run`` does this itself)."""
         for logger in self.loggers:
@@ -752,8 +758,7 @@ class Trainer:
                 row[key] = float(value[member]) / max(self.rollout_rounds, 1)
             row["Time"] = elapsed
             row["NormalizedTestScore"] = test["NormalizedTestScore"]
-            logger.log_epoch(row, step=self.total_updates if not self.online
-                             else self.total_env_steps)
+            logger.log_epoch(row, step=self.log_step)
             rows.append(row)
         return rows
 
