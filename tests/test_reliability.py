@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from offline_mbrl.cli import train_main
 from offline_mbrl.errors import UserError
@@ -64,3 +66,113 @@ def test_config_json_of_a_run_is_a_valid_config_file(data_dir, capsys):
     config["resolved"] = {"rollout_length": {"value": [5], "source": "flag"}}
     (data_dir / "c.json").write_text(json.dumps(config))
     assert train_main([*TINY, "--config", str(data_dir / "c.json"), "--exp_name", "again"]) == 0
+
+
+# ------------------------------------------------------------------ resume and its refusals
+from tests.test_modes import config, dirs, hopper_dataset  # noqa: E402, F401
+
+from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from offline_mbrl.data.d4rl import write_d4rl_hdf5  # noqa: E402
+from offline_mbrl.errors import NonFiniteError  # noqa: E402
+from offline_mbrl.train import Trainer  # noqa: E402
+
+
+def _bc(**overrides):
+    return config("behavioral-cloning", **{"experiment_name": "bc", **overrides})
+
+
+def test_leftover_temporary_checkpoints_are_removed_on_the_next_start(dirs):  # noqa: F811
+    trainer = Trainer(_bc(offline_epochs=1), progress=False)
+    trainer.run()
+    stray = trainer.run_dirs[0] / ".checkpoint.pt.abc123.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    Trainer(_bc(offline_epochs=2), resume=True, progress=False).run()
+    assert not stray.exists()
+
+
+def test_population_killed_while_saving_resumes_from_the_common_epoch(dirs):  # noqa: F811
+    trainer = Trainer(_bc(seeds=(0, 1), offline_epochs=2), progress=False)
+    trainer.run()
+    s0, s1 = trainer.run_dirs
+    # Killed after member 0 saved epoch 2, while member 1 saved: it has epoch 1 only.
+    (s1 / "checkpoint.pt").unlink()
+    resumed = Trainer(_bc(seeds=(0, 1), offline_epochs=3), resume=True, progress=False)
+    assert resumed.epoch == 1
+    resumed.run()
+    assert load_checkpoint(s0 / "checkpoint.pt")["counters"]["epoch"] == 3
+
+
+def test_population_where_a_member_never_saved_starts_again(dirs):  # noqa: F811
+    trainer = Trainer(_bc(seeds=(0, 1), offline_epochs=1), progress=False)
+    trainer.run()
+    (trainer.run_dirs[1] / "checkpoint.pt").unlink()
+    with pytest.warns(UserWarning, match="bc-s1 never saved a checkpoint"):
+        resumed = Trainer(_bc(seeds=(0, 1), offline_epochs=2), resume=True, progress=False)
+    assert resumed.epoch == 0
+    resumed.run()
+
+
+def test_divergence_before_any_checkpoint_says_so(dirs, monkeypatch):  # noqa: F811
+    trainer = Trainer(_bc(offline_epochs=2), progress=False)
+    monkeypatch.setattr(trainer.agent, "update", lambda batch, rng: {
+        "LossPi": torch.full((1,), float("nan"))})
+    with pytest.raises(NonFiniteError, match="before any checkpoint was written.*--overwrite"):
+        trainer.run()
+
+
+def test_resume_refuses_fixed_settings_and_applies_the_others(dirs):  # noqa: F811
+    Trainer(_bc(offline_epochs=1), progress=False).run()
+    with pytest.raises(UserError, match=r"cannot change agent"):
+        Trainer(_bc(offline_epochs=2, agent={**config("sac").agent.model_dump(), "lr": 1e6}),
+                resume=True, progress=False)
+    with pytest.raises(UserError, match="another mode"):
+        Trainer(config("offline-sac", experiment_name="bc", offline_epochs=2), resume=True,
+                progress=False)
+    trainer = Trainer(_bc(offline_epochs=3, test_episodes=2), resume=True, progress=False)
+    written = json.loads((trainer.run_dirs[0] / "config.json").read_text())
+    assert written["offline_epochs"] == 3 and written["test_episodes"] == 2
+
+
+def test_target_already_reached_is_one_line_and_leaves_the_run(dirs, capsys):  # noqa: F811
+    trainer = Trainer(_bc(offline_epochs=2), progress=False)
+    trainer.run()
+    before = {p.name: p.stat().st_mtime_ns for p in trainer.run_dirs[0].iterdir()}
+    with pytest.raises(UserError, match="already trained 2 epochs"):
+        Trainer(_bc(offline_epochs=2), resume=True, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in trainer.run_dirs[0].iterdir()} == before
+    assert train_main(["--env_name", "hopper-random-v2", "--mode", "behavioral-cloning",
+                       "--epochs", "0", "--no-progress"]) == 2
+    assert "--epochs must be at least 1" in one_line(capsys)
+
+
+def test_empty_dataset_is_one_line_and_creates_nothing(dirs, hopper_dataset):  # noqa: F811
+    dataset, _ = hopper_dataset
+    empty = dirs / "empty.hdf5"
+    write_d4rl_hdf5(dataset.subset(np.arange(0)) if hasattr(dataset, "subset") else
+                    _empty_like(dataset), empty)
+    with pytest.raises(UserError, match="no transitions"):
+        Trainer(_bc(dataset=str(empty)), progress=False)
+    assert not (dirs / "experiments").exists()
+
+
+def _empty_like(dataset):
+    import dataclasses
+
+    return dataclasses.replace(
+        dataset, **{k: getattr(dataset, k)[:0] for k in (
+            "observations", "actions", "rewards", "next_observations", "terminals",
+            "timeouts")}, infos={})
+
+
+def test_checkpoints_of_other_contents_or_sizes_get_one_line(dirs):  # noqa: F811
+    trainer = Trainer(_bc(offline_epochs=1), progress=False)
+    trainer.run()
+    path = trainer.run_dirs[0] / "checkpoint.pt"
+    state = load_checkpoint(path)
+    with pytest.raises(UserError, match="cannot change agent"):
+        Trainer(_bc(offline_epochs=2, agent={**config("sac").agent.model_dump(),
+                                             "hidden_units": 64}), resume=True, progress=False)
+    del state["rngs"]
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "format_version"})
+    with pytest.raises(UserError, match="does not fit this run"):
+        Trainer(_bc(offline_epochs=2), resume=True, progress=False)

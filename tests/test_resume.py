@@ -44,7 +44,6 @@ def test_resumed_run_equals_uninterrupted_run(mode, dirs):  # noqa: F811
 
 def test_tensorboard_matches_progress_after_a_resume(dirs):  # noqa: F811
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from torch.utils.tensorboard import SummaryWriter
 
     settings = {"steps_per_epoch": 25, "experiment_name": "tb"}

@@ -180,6 +180,9 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
             env_model[name] = value
     values["agent"] = agent
     values["env_model"] = env_model
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}: leave it out for the "
+                        "mode's default, or pass --epochs N with N >= 1")
     if args.epochs is not None:
         mode = values.get("mode", "sac")
         key = "online_epochs" if mode in ("sac", "mbpo") else "offline_epochs"

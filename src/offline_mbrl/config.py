@@ -97,10 +97,10 @@ class TrainerConfiguration(_Frozen):
     seeds: tuple[NonNegativeInt, ...] | None = None
     """Seeds trained together as one batched population (one run directory each);
     overrides seed."""
-    online_epochs: NonNegativeInt = 100
+    online_epochs: PositiveInt = 100
     """Epochs of online training (sac, mbpo)."""
-    offline_epochs: NonNegativeInt = 0
-    """Epochs of offline training; 0 means the mode's default (500k updates for SAC-based
+    offline_epochs: PositiveInt | None = None
+    """Epochs of offline training; unset means the mode's default (500k updates for SAC-based
     modes, 250k for behavioral cloning, divided by steps_per_epoch)."""
     steps_per_epoch: PositiveInt = 4000
     """Environment steps (online) or agent update steps (offline) per epoch."""
@@ -221,7 +221,7 @@ class TrainerConfiguration(_Frozen):
         """Epochs the mode trains for, with offline defaults resolved."""
         if self.mode in ONLINE_MODES:
             return self.online_epochs
-        if self.offline_epochs > 0:
+        if self.offline_epochs is not None:
             return self.offline_epochs
         updates = 250_000 if self.mode == "behavioral-cloning" else 500_000
         return max(1, round(updates / (self.steps_per_epoch * self.agent_updates_per_step)))

@@ -8,6 +8,7 @@ checkpoint holds only that member's slice of the population state.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
 from offline_mbrl.runs import (
     CHECKPOINT_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
     claim_run_dirs,
     find_checkpoint,
     member_run_dirs,
@@ -54,6 +56,13 @@ def make_agent(kind: str, obs_dim: int, act_dim: int, action_low: Any, action_hi
     cls = BehavioralCloning if kind == "bc" else SAC
     return cls(obs_dim, act_dim, action_low, action_high, seeds, config.agent, device)
 
+
+RESUME_MAY_CHANGE = frozenset({
+    "online_epochs", "offline_epochs", "test_episodes", "render_test_episodes",
+    "save_frequency", "device", "threads", "compile", "experiment_name", "seed", "seeds",
+    "pretrained_agent_path", "pretrained_env_model_path", "dataset",
+})
+"""Settings a resumed run may change; every other one must equal the checkpoint's."""
 
 BATCH_BLOCK_STEPS = 64
 """Offline training steps whose batches are drawn together (see ``Trainer._batch_block``)."""
@@ -147,7 +156,8 @@ class Trainer:
         pretrained = (self._read_pretrained_agent(config.pretrained_agent_path)
                       if config.pretrained_agent_path and not resume else None)
         self.run_dirs = member_run_dirs(config, root)
-        resuming = claim_run_dirs(self.run_dirs, resume, overwrite)
+        resume_from = claim_run_dirs(self.run_dirs, resume, overwrite)
+        resuming = resume_from is not None
         if self.model_based and not self.online and self.model is None:
             self.model = self._train_and_save_model()
 
@@ -176,6 +186,8 @@ class Trainer:
                                           ("action", _ACTION_STREAM),
                                           ("rollout", _ROLLOUT_STREAM))}
         self.epoch = 0
+        self.saved_epoch = 0
+        """The epoch of the newest checkpoint on disk (0: none yet)."""
         self.total_env_steps = 0
         self.total_updates = 0
         self.replay: PopulationBuffer | None = None
@@ -202,11 +214,11 @@ class Trainer:
 
         if pretrained is not None:
             self.agent.load_state_dict(stack_member_states([pretrained] * self.P))
-        if resuming:
-            self._restore()
-        else:
-            for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
-                write_config(run_dir, self.member_config(seed), self.resolved)
+        if resume_from is not None:
+            self._restore(resume_from)
+        # On resume too: the settings a resume may change are applied and recorded.
+        for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
+            write_config(run_dir, self.member_config(seed), self.resolved)
         purge = self.log_step + 1 if resuming else None
         self.loggers = [RunLogger(d, resume_epochs=self.epoch if resuming else None,
                                   purge_step=purge) for d in self.run_dirs]
@@ -247,6 +259,10 @@ class Trainer:
             raise UserError(f"dataset {dataset.name} has obs/action sizes {dataset.obs_dim}/"
                             f"{dataset.act_dim} but {self.config.env_name} needs "
                             f"{self.obs_dim}/{self.act_dim}: use the dataset of that environment")
+        if len(dataset) == 0:
+            raise UserError(f"dataset {dataset.name or self.config.env_name} has no transitions: "
+                            "pass a dataset with data, or collect one with 'ombrl datasets "
+                            "collect'")
         self.offline_dataset = dataset
         self.eval_env = evaluation_env_id(self.config.env_name, dataset.metadata.get("env_id"))
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
@@ -488,16 +504,48 @@ class Trainer:
         return state
 
     def save(self) -> None:
+        """Write every member's checkpoint; the previous one stays until the next save."""
         for member, run_dir in enumerate(self.run_dirs):
-            save_checkpoint(run_dir / CHECKPOINT_FILE, self.member_state(member))
+            latest = run_dir / CHECKPOINT_FILE
+            if latest.is_file():
+                os.replace(latest, run_dir / PREVIOUS_CHECKPOINT_FILE)
+            save_checkpoint(latest, self.member_state(member))
+        self.saved_epoch = self.epoch
 
-    def _restore(self) -> None:
-        states = [load_checkpoint(d / CHECKPOINT_FILE, map_location=self.device)
-                  for d in self.run_dirs]
-        for d, s in zip(self.run_dirs, states, strict=True):
-            if s.get("agent_kind") != self.kind or s.get("obs_dim") != self.obs_dim:
-                raise UserError(f"checkpoint in {d} belongs to another mode or environment: "
-                                "start a new run with --overwrite")
+    def _restore(self, files: list[Path]) -> None:
+        states = [load_checkpoint(f, map_location=self.device) for f in files]
+        for f, state in zip(files, states, strict=True):
+            self._check_resumable(f, state)
+        try:
+            self._load_states(states)
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise UserError(f"checkpoint {files[0]} does not fit this run ({reason}): resume "
+                            "with the settings it was trained with, or pass --overwrite") from None
+
+    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another run, or a resume that changes fixed settings."""
+        if state.get("agent_kind") != self.kind or state.get("obs_dim") != self.obs_dim:
+            raise UserError(f"checkpoint {path} belongs to another mode or environment: "
+                            "start a new run with --overwrite")
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            raise UserError(f"checkpoint {path} holds no configuration: it is damaged or "
+                            "foreign; start a new run with --overwrite")
+        now = self.member_config(int(saved.get("seed", 0))).model_dump(mode="json")
+        changed = [key for key in now if key not in RESUME_MAY_CHANGE
+                   and key in saved and saved[key] != now[key]]
+        if changed:
+            what = ", ".join(f"{k} (checkpoint {saved[k]!r}, now {now[k]!r})" for k in changed)
+            raise UserError(f"--resume cannot change {what}: drop those flags, or start a new "
+                            "run with --overwrite")
+
+    def _load_states(self, states: list[dict[str, Any]]) -> None:
+        trained = int(states[0]["counters"]["epoch"])
+        if trained >= self.config.epochs:
+            raise UserError(f"{self.run_dirs[0].parent} already trained {trained} epochs and "
+                            f"{self.config.epochs} are asked for: pass --epochs N with N > "
+                            f"{trained} to continue it")
         counters = {s["counters"]["epoch"] for s in states}
         if len(counters) != 1:
             raise UserError(f"members of {self.run_dirs[0].parent} stopped at different epochs "
@@ -505,7 +553,7 @@ class Trainer:
         self.agent.load_state_dict(stack_member_states([s["agent"] for s in states]))
         for name, rng in self.rngs.items():
             rng.load_state_dict(stack_member_states([s["rngs"][name] for s in states]))
-        self.epoch = states[0]["counters"]["epoch"]
+        self.epoch = self.saved_epoch = states[0]["counters"]["epoch"]
         self.total_env_steps = states[0]["counters"]["total_env_steps"]
         self.total_updates = states[0]["counters"]["total_updates"]
         if self.replay is not None:
@@ -612,10 +660,14 @@ class Trainer:
             return
         step = updates_before + (first_bad or 0) + 1
         what = f"parameter {bad_params[0]}" if first_bad is None else "a loss"
+        where = f"{what} became non-finite at update {step} (epoch {self.epoch + 1})"
+        fix = "lower the learning rate or check the data for extreme values"
+        if self.saved_epoch == 0:
+            raise NonFiniteError(f"{where}, before any checkpoint was written: {fix}, then "
+                                 "start again with --overwrite")
         raise NonFiniteError(
-            f"{what} became non-finite at update {step} (epoch {self.epoch + 1}); the last good "
-            f"checkpoint in {self.run_dirs[0].parent} is kept: lower the learning rate or check "
-            "the data for extreme values, then --resume")
+            f"{where}; the checkpoint of epoch {self.saved_epoch} in "
+            f"{self.run_dirs[0].parent} is kept: {fix}, then --resume")
 
     def _open_envs(self) -> None:
         """Online modes: the population's training environments, one per member."""
