@@ -116,7 +116,7 @@ def test_divergence_before_any_checkpoint_says_so(dirs, monkeypatch):  # noqa: F
     trainer = Trainer(_bc(offline_epochs=2), progress=False)
     monkeypatch.setattr(trainer.agent, "update", lambda batch, rng: {
         "LossPi": torch.full((1,), float("nan"))})
-    with pytest.raises(NonFiniteError, match="before any checkpoint was written.*--overwrite"):
+    with pytest.raises(NonFiniteError, match=r"before any checkpoint was written.*--overwrite"):
         trainer.run()
 
 
