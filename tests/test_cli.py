@@ -51,7 +51,7 @@ def test_train_writes_run_directories(data_dir):
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
         state = torch.load(run / "checkpoint.pt", weights_only=True)
         assert state["counters"]["epoch"] == 2
-        assert state["replay"]["rows"].shape[:2] == (1, 120)
+        assert state["replay"]["rows"].shape[0] == 120
 
 
 def test_existing_run_is_refused_then_overwritten(data_dir, capsys):

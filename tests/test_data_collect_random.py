@@ -39,7 +39,7 @@ def test_random_hopper_rows(data_hopper_random) -> None:
 
 def test_metadata(data_hopper_random) -> None:
     meta = data_hopper_random.metadata
-    assert meta["protocol"] == "d4rl-random" and meta["env_id"] == "Hopper-v5"
+    assert meta["protocol"] == "d4rl-random" and meta["env_id"] == "Hopper-v4"
     assert meta["seed"] == 0 and meta["size"] == 300 and meta["max_episode_steps"] == 1000
     assert isinstance(meta["gymnasium_version"], str) and isinstance(meta["mujoco_version"], str)
     ds = data_hopper_random

@@ -82,7 +82,7 @@ def sac_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def _check_common(ds, protocol: str, rows: int) -> None:
     meta = ds.metadata
     assert len(ds) == rows
-    assert meta["protocol"] == protocol and meta["env_id"] == "Hopper-v5"
+    assert meta["protocol"] == protocol and meta["env_id"] == "Hopper-v4"
     assert meta["seed"] == 0 and meta["size"] == rows
     assert isinstance(meta["gymnasium_version"], str) and isinstance(meta["mujoco_version"], str)
     assert ds.infos["qpos"].shape == (rows, 6) and ds.infos["qvel"].shape == (rows, 6)

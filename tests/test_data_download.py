@@ -123,3 +123,31 @@ def test_connection_refused(tmp_path: Path) -> None:
         download_file(url, tmp_path / "f.hdf5", progress=False, hint="run `ombrl datasets "
                       "collect hopper-random-v2`")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("defect", ["nan", "dims", "lengths", "empty"])
+def test_invalid_download_never_takes_the_final_name(defect, tmp_path: Path, data_env,
+                                                    data_make_file, data_http_server,
+                                                    monkeypatch, capsys) -> None:
+    from offline_mbrl.cli import main
+
+    source = tmp_path / "bad.hdf5"
+    data_make_file(source, rows=0 if defect == "empty" else 60,
+                   obs_dim=5 if defect == "dims" else 11)
+    if defect in ("nan", "lengths"):
+        with h5py.File(source, "r+") as f:
+            if defect == "nan":
+                f["rewards"][3] = float("nan")
+            else:
+                del f["rewards"]
+                f.create_dataset("rewards", data=[0.0] * 10)
+    data_http_server.files["/gym_mujoco_v2/hopper_medium-v2.hdf5"] = source.read_bytes()
+    monkeypatch.setenv("OMBRL_D4RL_URL", data_http_server.base_url)
+    final = data_env["ombrl"] / "hopper-medium-v2.hdf5"
+    assert main(["datasets", "download", "hopper-medium-v2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unusable" in err, err
+    assert not final.exists() and not final.with_name(final.name + ".part").exists()
+    # The next call downloads again instead of reporting the bad file as already there.
+    assert main(["datasets", "download", "hopper-medium-v2", "--quiet"]) == 2
+    assert "already" not in capsys.readouterr().out

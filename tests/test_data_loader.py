@@ -89,7 +89,7 @@ def test_wrong_observation_dim(tmp_path: Path, data_make_file) -> None:
     path = tmp_path / "cheetah.hdf5"
     data_make_file(path, obs_dim=17, act_dim=6)
     with pytest.raises(UserError, match=r"cheetah.hdf5: 'observations' have 17 dimensions but "
-                                        r"Hopper-v5 \(for hopper-medium-v2\) has 11"):
+                                        r"Hopper-v4 \(for hopper-medium-v2\) has 11"):
         load_d4rl_hdf5(path, env_name="hopper-medium-v2")
     # The right environment accepts it.
     assert load_d4rl_hdf5(path, env_name="halfcheetah-medium-v2").obs_dim == 17
@@ -216,7 +216,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         raise OSError("disk full")
 
     monkeypatch.setattr(d4rl_module.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="disk full"):
         write_d4rl_hdf5(_dataset(), path)
     assert path.read_bytes() == b"previous content"
     assert [p.name for p in tmp_path.iterdir()] == ["out.hdf5"]

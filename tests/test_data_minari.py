@@ -69,14 +69,14 @@ def test_round_trip(data_env) -> None:
     np.testing.assert_array_equal(episodes[0].terminations, ds.terminals[:10])
     np.testing.assert_array_equal(episodes[1].truncations, ds.timeouts[10:25])
     np.testing.assert_array_equal(episodes[2].rewards, ds.rewards[25:])
-    assert native.spec.env_spec is not None and native.spec.env_spec.id == "Hopper-v5"
+    assert native.spec.env_spec is not None and native.spec.env_spec.id == "Hopper-v4"
 
     back = load_minari("test/hopper/random-v0")
     _assert_same(ds, back)
     assert back.name == "minari:test/hopper/random-v0"
     assert back.metadata["protocol"] == "d4rl-random" and back.metadata["seed"] == 4
     assert "big" not in back.metadata  # arrays do not go into Minari's JSON metadata
-    assert back.metadata["env_id"] == "Hopper-v5"
+    assert back.metadata["env_id"] == "Hopper-v4"
     assert local_minari_ids() == ["test/hopper/random-v0"]
 
 
@@ -109,7 +109,7 @@ def test_errors(data_env) -> None:
         export_minari(ds, "no version")
     with pytest.raises(UserError, match=r"'nothing/here-v0' is not stored under .*minari-root"):
         load_minari("nothing/here-v0")
-    with pytest.raises(UserError, match="dims 11/3 but HalfCheetah-v5 has 17/6"):
+    with pytest.raises(UserError, match="dims 11/3 but HalfCheetah-v4 has 17/6"):
         export_minari(ds, "test/wrong-v0", env_id="halfcheetah-random-v2")
 
 

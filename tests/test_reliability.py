@@ -176,3 +176,18 @@ def test_checkpoints_of_other_contents_or_sizes_get_one_line(dirs):  # noqa: F81
     save_checkpoint(path, {k: v for k, v in state.items() if k != "format_version"})
     with pytest.raises(UserError, match="does not fit this run"):
         Trainer(_bc(offline_epochs=2), resume=True, progress=False)
+
+
+def test_evaluate_accepts_a_checkpoint_file(data_dir, capsys):
+    import shutil
+
+    from offline_mbrl.cli import evaluate_main
+
+    assert train_main(TINY) == 0
+    run = data_dir / "root" / "experiments" / "Pendulum-v1-sac" / "Pendulum-v1-sac-s0"
+    copy = data_dir / "elsewhere" / "agent.pt"
+    copy.parent.mkdir()
+    shutil.copy(run / "checkpoint.pt", copy)
+    capsys.readouterr()
+    assert evaluate_main(["--exp_path", str(copy), "--episodes", "1"]) == 0
+    assert "episode 0: return" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
+from offline_mbrl.files import write_failure
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 from offline_mbrl.runs import RESOLVED_KEY
 
@@ -109,6 +110,10 @@ def run_main(body: Callable[[], int], interrupted: str = "interrupted") -> int:
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except OSError as error:  # a read-only place, a full disk, a missing directory
+        path = Path(error.filename) if error.filename else Path(".")
+        print(f"error: {write_failure(path, error)}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------------- train
@@ -238,14 +243,15 @@ def build_evaluate_parser(prog: str = "evaluate_agent.py") -> argparse.ArgumentP
     return parser
 
 
-def _run_dirs_under(path: Path) -> list[Path]:
+def _checkpoints_under(path: Path) -> list[Path]:
+    """The checkpoint of a run directory or file, or of every run in an experiment."""
     from offline_mbrl.runs import CHECKPOINT_FILE, find_checkpoint
 
     if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
-        runs = sorted(p.parent for p in path.glob(f"*/{CHECKPOINT_FILE}"))
+        runs = sorted(path.glob(f"*/{CHECKPOINT_FILE}"))
         if runs:
             return runs
-    return [find_checkpoint(path).parent]
+    return [find_checkpoint(path)]
 
 
 def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent.py") -> int:
@@ -269,8 +275,9 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent
         for column in ("run", "episodes", "mean return", "std", "min", "max", "length",
                        "normalised score"):
             table.add_column(column, overflow="fold")
-        for run_dir in _run_dirs_under(Path(args.exp_path)):
-            agent = load_agent(run_dir, device=args.device)
+        for checkpoint in _checkpoints_under(Path(args.exp_path)):
+            run_dir = checkpoint.parent
+            agent = load_agent(checkpoint, device=args.device)
             env_name = args.env_name or agent.env_name
             spec = get_env_spec(env_name)
             if spec.family != get_env_spec(agent.env_name).family:

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from offline_mbrl.errors import UserError
+from offline_mbrl.files import write_bytes_atomic
 
 PROGRESS_FILE = "progress.txt"
 CONFIG_FILE = "config.json"
@@ -929,18 +929,8 @@ def plot_final_eval(
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically."""
+    return write_bytes_atomic(path, data)
 
 
 def save_figure(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from offline_mbrl.data.d4rl import load_d4rl_hdf5, write_d4rl_hdf5
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.envs.registry import D4RL_ENVS, get_env_spec, make_env
 from offline_mbrl.errors import UserError
+from offline_mbrl.files import write_json_atomic
 
 MAX_EPISODE_STEPS = 1000
 
@@ -443,7 +442,9 @@ class _StepRecorder:
     replay buffer does not keep: ``qpos``/``qvel`` of the state acted in, and both flags."""
 
     def __init__(self, envs: gym.vector.SyncVectorEnv, capacity: int) -> None:
-        self.envs = envs
+        self.vector = envs
+        # The sub-environments, as a vector env exposes them (checkpoints read their state).
+        self.envs = envs.envs
         data = envs.envs[0].unwrapped.data  # type: ignore[attr-defined]
         self.qpos = np.empty((capacity, data.qpos.shape[0]), dtype=np.float64)
         self.qvel = np.empty((capacity, data.qvel.shape[0]), dtype=np.float64)
@@ -457,9 +458,9 @@ class _StepRecorder:
             raise RuntimeError("the training run took more steps than its step budget")
         # Read before stepping: after the step, autoreset may already have moved to a new
         # episode's initial state (the state of the *next* row).
-        data = self.envs.envs[0].unwrapped.data  # type: ignore[attr-defined]
+        data = self.envs[0].unwrapped.data  # type: ignore[attr-defined]
         self.qpos[i], self.qvel[i] = data.qpos, data.qvel
-        out = self.envs.step(actions)
+        out = self.vector.step(actions)
         self.terminated[i], self.truncated[i] = bool(out[2][0]), bool(out[3][0])
         self.count += 1
         return out
@@ -482,7 +483,7 @@ def _train_policy(env_name: str, settings: dict[str, Any], config: Any,
         replay = _replay_dataset(trainer, recorder, env_name, settings, outcome)
         write_d4rl_hdf5(replay, run_dir / REPLAY_FILE)
     # Written last: its presence says the run finished and everything it made is on disk.
-    _write_json_atomic(run_dir / POLICY_MARKER, {"format": _MARKER_FORMAT,
+    write_json_atomic(run_dir / POLICY_MARKER, {"format": _MARKER_FORMAT,
                                                  "settings": settings, "outcome": outcome})
     return TrainedPolicy(run_dir, settings, outcome, reused=False)
 
@@ -556,18 +557,6 @@ def _replay_dataset(trainer: Any, recorder: _StepRecorder, env_name: str,
         **_return_stats(_complete_returns(ds)),
     }
     return ds
-
-
-def _write_json_atomic(path: Path, value: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(value, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _base_metadata(env_name: str, protocol: str, seed: int, size: int) -> dict[str, object]:

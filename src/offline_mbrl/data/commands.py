@@ -26,6 +26,7 @@ from offline_mbrl.data.resolve import (
     load_dataset,
     local_dataset_path,
     offline_mode,
+    validate_d4rl_file,
 )
 from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.errors import UserError
@@ -96,7 +97,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     dest = dataset_file(name)
     download_file(d4rl_url(name), dest, progress=not args.quiet,
                   hint=f"set OMBRL_D4RL_URL to a reachable mirror, or create the data with "
-                       f"`ombrl datasets collect {name}`")
+                       f"`ombrl datasets collect {name}`",
+                  validate=lambda path: validate_d4rl_file(path, name))
     ds = load_d4rl_hdf5(dest, env_name=name)
     console.print(f"downloaded {name} to {dest} ({len(ds)} transitions)")
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.envs.registry import get_env_spec, make_env
 from offline_mbrl.errors import UserError
+from offline_mbrl.files import atomic_write
 
 REQUIRED_KEYS: tuple[str, ...] = ("observations", "actions", "rewards", "terminals", "timeouts")
 
@@ -350,12 +350,10 @@ def write_d4rl_hdf5(
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     options = {"compression": "gzip", "compression_opts": 1} if compress else {}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as f:
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
             rows = {
                 "observations": np.asarray(dataset.observations, dtype=np.float32),
                 "actions": np.asarray(dataset.actions, dtype=np.float32),
@@ -376,8 +374,10 @@ def write_d4rl_hdf5(
             for key, value in dataset.metadata.items():
                 parent = metadata.require_group(key.rsplit("/", 1)[0]) if "/" in key else metadata
                 _write_value(parent, key.rsplit("/", 1)[-1], value)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    # Checked before writing: HDF5 crashes the process on a full disk instead of raising.
+    nbytes = sum(np.asarray(a).nbytes for a in (
+        dataset.observations, dataset.actions, dataset.rewards, dataset.next_observations,
+        dataset.terminals, dataset.timeouts, *dataset.infos.values()))
+    atomic_write(path, write, expected_bytes=nbytes)
     return path

@@ -15,6 +15,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -122,6 +123,7 @@ def download_file(
     retries: int = 3,
     timeout: float = 60.0,
     hint: str | None = None,
+    validate: Callable[[Path], None] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest``, resuming an earlier partial download.
 
@@ -133,6 +135,9 @@ def download_file(
         timeout: socket timeout in seconds.
         hint: what to tell the user to do when the download fails (default: use
             ``OMBRL_D4RL_URL`` or ``ombrl datasets collect``).
+        validate: raises :class:`UserError` for a complete file that must not be used
+            (NaN values, wrong dimensions, no rows); it runs before the file takes its
+            final name, and a file it refuses is deleted.
 
     Returns:
         ``dest``, which now holds a file that opens as HDF5 with observations/actions/rewards.
@@ -177,5 +182,12 @@ def download_file(
         if bar is not None:
             bar.stop()
     check_hdf5(part, url)
+    if validate is not None:
+        try:
+            validate(part)
+        except UserError as error:
+            part.unlink(missing_ok=True)
+            raise UserError(f"the file downloaded from {url} is unusable and was deleted "
+                            f"({error}): {fix}") from None
     os.replace(part, dest)
     return dest

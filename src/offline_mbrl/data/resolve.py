@@ -39,6 +39,13 @@ def datasets_dir() -> Path:
     return Path(os.environ.get("OMBRL_DATASETS_DIR") or "data/datasets")
 
 
+def validate_d4rl_file(path: Path, name: str) -> None:
+    """Raise :class:`UserError` unless ``path`` loads as a non-empty dataset of ``name``."""
+    dataset = load_d4rl_hdf5(path, env_name=name)
+    if len(dataset) == 0:
+        raise UserError(f"{path.name} has no transitions")
+
+
 def dataset_file(name: str) -> Path:
     """``$OMBRL_DATASETS_DIR/<name>.hdf5``, refused if the name leads outside it."""
     return child_path(datasets_dir(), f"{name}.hdf5", "dataset name", "a dataset name")
@@ -141,7 +148,8 @@ def resolve_dataset_path(
         raise UserError(f"no local data for {name} and {why}: {_how_to_get(name)}")
     url = d4rl_url(name)
     return download_file(url, dataset_file(name),
-                         hint=_how_to_get(name, download_failed=True))
+                         hint=_how_to_get(name, download_failed=True),
+                         validate=lambda path: validate_d4rl_file(path, name))
 
 
 def load_dataset(

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from offline_mbrl.data.dataset import OfflineDataset
+from offline_mbrl.files import write_json_atomic
 from offline_mbrl.models.ensemble import EnvironmentModel
 from offline_mbrl.models.uncertainty import dataset_uncertainty
 
@@ -92,7 +92,5 @@ def uncertainty_statistics(model: EnvironmentModel, dataset: OfflineDataset,
     stats = compute_uncertainty_statistics(model, dataset)
     stats["model_hash"] = model_hash
     if cache is not None:
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
-        os.replace(tmp, cache)
+        write_json_atomic(cache, stats)
     return stats
