@@ -250,3 +250,32 @@ def test_compiled_pessimistic_run_matches_eager(dirs):
     resumed = Trainer(config("epistemic-penalty", seeds=(0, 1), experiment_name="compiled",
                              offline_epochs=2), resume=True, progress=False)
     assert resumed.epoch == 1 and resumed.total_updates == 40
+
+
+@pytest.mark.parametrize(("mode", "real_ratio", "n_real"), [
+    ("epistemic-penalty", 0.25, 8), ("aleatoric-partitioning", 0.5, 16),
+    ("offline-sac", 0.25, 32)])
+def test_batches_hold_real_ratio_dataset_rows_then_synthetic_rows(mode, real_ratio, n_real,
+                                                                  dirs, hopper_dataset):
+    dataset, _ = hopper_dataset
+    known = {np.concatenate([o, n]).tobytes()
+             for o, n in zip(dataset.observations, dataset.next_observations, strict=True)}
+    trainer = Trainer(config(mode, seeds=(0, 1), real_ratio=real_ratio), progress=False)
+    seen = []
+    update = trainer.agent.update
+
+    def recording_update(batch, rng):
+        seen.append({k: v.detach().clone() for k, v in batch.items()})
+        return update(batch, rng)
+
+    trainer.agent.update = recording_update
+    trainer.train_epoch(steps=15)  # across a rollout round (rollout_every 10)
+    assert len(seen) == 15
+    for batch in seen:
+        assert batch["obs"].shape[:2] == (2, 32)
+        rows = torch.cat([batch["obs"], batch["next_obs"]], dim=-1).numpy().astype(np.float32)
+        from_data = np.array([[r.tobytes() in known for r in member] for member in rows])
+        # The first `real_ratio · batch_size` rows of every member come from the dataset,
+        # the rest from model rollouts (whose predicted next states the data never holds).
+        assert from_data[:, :n_real].all() and not from_data[:, n_real:].any()
+    trainer.close()

@@ -1,6 +1,9 @@
 """Hostile input: names that leave their directory, bad config files, impossible targets."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -191,3 +194,20 @@ def test_evaluate_accepts_a_checkpoint_file(data_dir, capsys):
     capsys.readouterr()
     assert evaluate_main(["--exp_path", str(copy), "--episodes", "1"]) == 0
     assert "episode 0: return" in capsys.readouterr().out
+
+
+def test_openmp_spins_briefly_unless_the_user_chose_a_policy():
+    # OpenMP reads GOMP_SPINCOUNT once, when torch loads it: the package must set it
+    # before torch is imported, and leave a user's own choice alone.
+    code = ("import os, sys, offline_mbrl; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def run(**extra: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, check=True,
+                              capture_output=True, text=True).stdout.split()
+
+    assert run() == ["1000", "True"]
+    assert run(GOMP_SPINCOUNT="5") == ["5", "True"]
+    assert run(OMP_WAIT_POLICY="ACTIVE") == ["None", "True"]

@@ -9,10 +9,14 @@ Quick use::
     action = agent.act(obs, deterministic=True)
 """
 
-from offline_mbrl.config import AgentConfiguration, TrainerConfiguration
-from offline_mbrl.errors import UserError
-from offline_mbrl.policy import LoadedAgent, load_agent
-from offline_mbrl.train import Trainer, train
+from offline_mbrl.runtime import set_wait_policy
+
+set_wait_policy()  # before torch is imported (below), or OpenMP never reads it
+
+from offline_mbrl.config import AgentConfiguration, TrainerConfiguration  # noqa: E402
+from offline_mbrl.errors import UserError  # noqa: E402
+from offline_mbrl.policy import LoadedAgent, load_agent  # noqa: E402
+from offline_mbrl.train import Trainer, train  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -146,8 +146,9 @@ class TrainerConfiguration(_Frozen):
     device: str = "cpu"
     """Torch device: cpu, cuda or cuda:N."""
     threads: PositiveInt | None = None
-    """CPU threads for torch (default: torch's choice, one per core). On a machine shared with
-    other busy processes, 1 avoids OpenMP threads spinning against each other."""
+    """CPU threads for torch (default: torch's choice, one per core). Idle threads wait
+    passively (unless OMP_WAIT_POLICY says otherwise), so runs that share a machine degrade
+    gracefully; 1 per run is still fastest when several run at once."""
     compile: bool = False
     """Compile the SAC update and the rollout step with torch.compile; on CUDA with mode
     reduce-overhead, which captures them as CUDA graphs. Also faster on CPU (10-40% per

@@ -1,4 +1,12 @@
-"""Process-level settings that make the CPU hot loop faster.
+"""Process-level settings: CPU threads that share a machine gracefully, and allocator
+thresholds that make the CPU hot loop faster.
+
+OpenMP's default wait policy keeps idle worker threads spinning after every parallel
+region. Alone on a machine that costs nothing; two processes that each spin on every core
+(two trainings, a training beside a test suite, Ray trials) slow each other down many
+times over. A short spin before idle threads sleep keeps most of the speed alone and
+avoids most of the fight; ``benchmarks/oversubscription.py`` measures the policies, alone
+and beside a busy neighbour.
 
 glibc hands large freed blocks straight back to the kernel, so a training step that
 allocates a few megabytes of activations page-faults on every step (measured: about 430
@@ -10,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -38,3 +47,22 @@ def keep_freed_memory() -> bool:
         mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_BYTES))
     _done = ok
     return ok
+
+
+SPIN_COUNT = "1000"
+"""``GOMP_SPINCOUNT`` set at the package's import unless the user chose a spin count or a
+wait policy: idle OpenMP threads spin this many times, then sleep. OpenMP reads it once,
+when its runtime starts (when torch is imported), so a program that imports torch before
+offline_mbrl keeps OpenMP's default."""
+
+
+def set_wait_policy() -> None:
+    """A short OpenMP spin before idle threads sleep, unless the user set one.
+
+    OpenMP's default spin (300,000 rounds) keeps a process's idle threads on their cores
+    between parallel regions: alone that costs nothing, beside another busy process it
+    takes the cores the other one needs. A short spin keeps most of the speed alone and
+    most of the passive policy's grace beside a neighbour (benchmarks/oversubscription.py).
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
