@@ -77,18 +77,17 @@ def test_online_sac_learns_pendulum(precision, dirs):
     assert score > -700, (precision, score)
 
 
-# One seed of these short offline runs is a coin flip against any bar worth setting: over
-# eight seeds, offline-sac ended between -1100 and -280 and epistemic-penalty between -805
-# and -220 (2026-12-01), and a change of rounding in the SAC gradients moved seed 0 of
-# offline-sac from above -700 to -808. So six seeds train as one population and the test
-# asserts on their mean (seeds 0-5 gave -628, -506 and -626 in the order below). The bars
-# sit 2.3-3.7 standard deviations of a six-seed mean below that and at least 6 above the random
-# policy's 30-episode mean (-1216 ± 50). Behavioral cloning averages the data's noisy
-# actions (its bang-bang controller becomes a smoothed one), so it does not go far past
-# -600 on this data.
+# One seed of these short offline runs is a coin flip against any bar worth setting, so six
+# seeds train as one population and the test asserts on their mean. The bars sit well
+# above the random policy's mean (-1216 ± 50 over 30 episodes) and well below what the
+# runs reach. epistemic-penalty runs with the derived λ (R_max / 99th-percentile
+# uncertainty): every seed ends near -200, and with the penalty's sign flipped (a bonus
+# for uncertainty) the population ends near -1540, below the random policy, so its bar
+# fails if the sign is ever wrong. Behavioral cloning averages the data's noisy actions
+# (its bang-bang controller becomes a smoothed one), so it does not go far past -600.
 @pytest.mark.parametrize(("mode", "threshold"), [
     ("offline-sac", -900.0),
-    ("epistemic-penalty", -800.0),
+    ("epistemic-penalty", -450.0),
     ("behavioral-cloning", -900.0),
 ])
 def test_offline_modes_learn_from_pendulum_demonstrations(mode, threshold, dirs,

@@ -368,7 +368,11 @@ class Trainer:
                 penalty = values
             else:
                 threshold = values
-        self.resolved["max_reward"] = {"value": max_reward, "source": "largest dataset reward"}
+        self.resolved["max_reward"] = {
+            "value": max_reward,
+            "source": ("largest dataset reward"
+                       if self.online or self.offline_dataset.rewards.max(initial=0.0) > 0
+                       else "width of the dataset's reward range (no reward is positive)")}
         return Pessimism.from_mode(mode, rollout_length, penalty, threshold, max_reward)
 
     def _rollout_round(self, start_source: Callable[[int], torch.Tensor]) -> None:
