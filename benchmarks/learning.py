@@ -186,8 +186,10 @@ def seed_scores(unit: Unit, args: argparse.Namespace) -> tuple[np.ndarray, list[
         if not path.is_file():
             continue
         progress = read_progress(path)
-        score = np.asarray(progress.get("NormalizedTestScore", []), dtype=float)
-        updates = np.asarray(progress.get("TotalUpdates", []), dtype=float)
+        # A run extended past --epochs (e.g. --epochs 20 on a 10-epoch run) is read at the
+        # budget asked for, so that one set of runs serves tables of several budgets.
+        score = np.asarray(progress.get("NormalizedTestScore", []), dtype=float)[:args.epochs]
+        updates = np.asarray(progress.get("TotalUpdates", []), dtype=float)[:args.epochs]
         if score.size:
             finals.append(float(score[-args.last_k:].mean()))
             curves.append(np.stack([updates, score]))
