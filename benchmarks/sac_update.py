@@ -9,9 +9,9 @@ is a plain single-seed SAC built from ``nn.Linear`` MLPs, stepped once per seed.
 The two are timed in alternating short blocks, several rounds each, and the median
 block is reported, so that load from other processes on a shared machine hits both
 alike. Sampling minibatches is not timed: each seed reuses one fixed random batch.
-The batched update differentiates by hand and takes both losses at the current
-parameters (the simultaneous step of the original SAC code); the reference steps the
-critic first, as most re-implementations do. The arithmetic per seed is the same.
+The batched update differentiates the summed losses with autograd and takes them all at
+the current parameters (the simultaneous step of the original SAC code); the reference
+steps the critic first, as most re-implementations do. The arithmetic per seed is the same.
 
 Usage::
 
@@ -177,9 +177,8 @@ def graphed_step(P: int, device: torch.device) -> Callable[[], None]:
     seeds = tuple(range(P))
     agent = SAC(OBS_DIM, ACT_DIM, -torch.ones(ACT_DIM), torch.ones(ACT_DIM), seeds,
                 AgentConfiguration(alpha=ALPHA)).to(device)
-    for opt in (agent.actor_optimizer, agent.critic_optimizer, agent.alpha_optimizer):
-        for group in opt.param_groups:
-            group["capturable"] = True
+    for group in agent.optimizer.param_groups:
+        group["capturable"] = True
     batch, rng = make_batch(P, device), PopulationRNG(seeds, device)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

@@ -3,7 +3,14 @@ import math
 import torch
 
 from offline_mbrl.agents import SAC, BehavioralCloning
-from offline_mbrl.agents.sac import squashed_gaussian, td_target
+from offline_mbrl.agents.sac import (
+    actor_loss,
+    alpha_loss,
+    critic_loss,
+    sac_losses,
+    squashed_gaussian,
+    td_target,
+)
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.rng import PopulationRNG
 
@@ -108,12 +115,37 @@ def test_bc_recovers_linear_policy():
     assert error < 0.05, error
 
 
-def _autograd_reference(agent, batch, noise):
-    """Textbook SAC losses by autograd, both at the current parameters."""
+def test_critic_loss_hand_made():
+    q = torch.tensor([[[1.0, 2.0], [0.0, 4.0]]])  # [P=1, twins, B=2]
+    target = torch.tensor([[2.0, 2.0]])
+    # Twin 1: (1 + 0) / 2; twin 2: (4 + 4) / 2.
+    torch.testing.assert_close(critic_loss(q, target), torch.tensor([4.5]))
+
+
+def test_actor_loss_takes_the_smaller_twin():
+    q_new = torch.tensor([[[1.0, 5.0], [3.0, 2.0]]])
+    log_prob = torch.tensor([[-1.0, 1.0]])
+    alpha = torch.tensor([[0.5]])
+    # mean(0.5·(-1) - 1, 0.5·1 - 2) = mean(-1.5, -1.5)
+    torch.testing.assert_close(actor_loss(q_new, log_prob, alpha), torch.tensor([-1.5]))
+
+
+def test_alpha_loss_moves_only_the_temperature():
+    log_alpha = torch.tensor([0.5], requires_grad=True)
+    log_prob = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss = alpha_loss(log_alpha, log_prob, target_entropy=-2.0)
+    torch.testing.assert_close(loss, torch.tensor([-0.5 * (-1.5 - 2.0)]))
+    loss.sum().backward()
+    torch.testing.assert_close(log_alpha.grad, torch.tensor([3.5]))
+    assert log_prob.grad is None
+
+
+def _textbook_gradients(agent, batch, noise):
+    """Textbook SAC by autograd, one loss at a time, all at the current parameters."""
     obs, next_obs = batch["obs"], batch["next_obs"]
     B = obs.shape[1]
     alpha = agent.alpha.detach()[:, None]
-    mean, log_std = agent._policy(torch.cat([obs, next_obs], dim=1))
+    mean, log_std = agent.policy(torch.cat([obs, next_obs], dim=1))
     action, log_prob = squashed_gaussian(mean, log_std, noise)
     with torch.no_grad():
         next_q = agent.q_values(next_obs, action[:, B:], agent.critic_target).min(1).values
@@ -131,10 +163,17 @@ def _autograd_reference(agent, batch, noise):
     return critic, actor, alpha_grad, loss_q.detach(), loss_pi.detach()
 
 
-def test_hand_derived_gradients_equal_autograd():
-    """Every gradient of the explicit update equals autograd's, clamped log-stds included."""
-    from offline_mbrl.agents.sac import sac_gradients
+def _update_gradients(agent, batch, noise):
+    loss, metrics = sac_losses(agent, batch, noise)
+    agent.optimizer.zero_grad()
+    loss.backward()
+    return ([p.grad for p in agent.critic.parameters()],
+            [p.grad for p in agent.actor.parameters()], agent.log_alpha.grad, metrics)
 
+
+def test_one_backward_gives_each_network_only_its_own_loss_gradient():
+    """The summed loss: the critic learns from the TD error only, the actor from the policy
+    loss only, the temperature from its own loss; clamped log-stds included."""
     P, B = 3, 16
     for alpha in ("auto", 0.2):
         agent = SAC(5, 2, -2 * torch.ones(2), 2 * torch.ones(2), (0, 1, 2),
@@ -147,41 +186,39 @@ def test_hand_derived_gradients_equal_autograd():
             agent.actor.linears()[-1].bias[..., 2:] += torch.tensor([3.0, -25.0])
         batch = make_batch(P, B=B, obs_dim=5)
         batch["action"] = batch["action"] * 2
-        rng = PopulationRNG((0, 1, 2))
-        with torch.no_grad():
-            grads = sac_gradients(agent, batch, rng, torch.tensor(5))
-        noise = rng.block_normal(5, 0, 2 * B, 2)
-        critic, actor, alpha_grad, loss_q, loss_pi = _autograd_reference(agent, batch, noise)
-        for ref, got in [*zip(critic, grads["critic"], strict=True),
-                         *zip(actor, grads["actor"], strict=True)]:
-            assert got.shape == ref.shape
-            assert (got - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1e-6)
-        torch.testing.assert_close(grads["alpha"][0], alpha_grad)
-        torch.testing.assert_close(grads["metrics"]["LossQ"], loss_q)
-        torch.testing.assert_close(grads["metrics"]["LossPi"], loss_pi)
+        noise = PopulationRNG((0, 1, 2)).block_normal(5, 0, 2 * B, 2)
+        critic, actor, alpha_grad, loss_q, loss_pi = _textbook_gradients(agent, batch, noise)
+        got_critic, got_actor, got_alpha, metrics = _update_gradients(agent, batch, noise)
+        for ref, got in [*zip(critic, got_critic, strict=True),
+                         *zip(actor, got_actor, strict=True)]:
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+        if alpha == "auto":
+            torch.testing.assert_close(got_alpha, alpha_grad)
+        else:
+            assert got_alpha is None
+        torch.testing.assert_close(metrics["LossQ"], loss_q)
+        torch.testing.assert_close(metrics["LossPi"], loss_pi)
 
 
 def test_mixed_precision_gradients_stay_close_to_float32():
     """bf16 hidden layers: every gradient points where float32's does (cosine > 0.995,
     norm error < 6%: the TD error is a small difference of Q-values that bf16 activations
     move by ~0.1%), and the losses and their inputs agree to bf16 rounding."""
-    from offline_mbrl.agents.sac import sac_gradients
-
     P, B = 3, 64
     agent = SAC(5, 2, -2 * torch.ones(2), 2 * torch.ones(2), (0, 1, 2), SMALL)
     mixed = SAC(5, 2, -2 * torch.ones(2), 2 * torch.ones(2), (0, 1, 2),
                 SMALL.model_copy(update={"precision": "bfloat16"}))
     mixed.load_state_dict(agent.state_dict())
     batch = make_batch(P, B=B, obs_dim=5)
-    rng = PopulationRNG((0, 1, 2))
-    with torch.no_grad():
-        ref = sac_gradients(agent, batch, rng, torch.tensor(5))
-        got = sac_gradients(mixed, batch, rng, torch.tensor(5))
-    for key in ("critic", "actor", "alpha"):
-        for r, g in zip(ref[key], got[key], strict=True):
-            assert g.dtype == torch.float32 and g.shape == r.shape
-            cosine = torch.nn.functional.cosine_similarity(g.flatten(), r.flatten(), dim=0)
-            assert cosine > 0.995 and (g - r).norm() < 0.06 * r.norm(), key
+    noise = PopulationRNG((0, 1, 2)).block_normal(5, 0, 2 * B, 2)
+    ref_critic, ref_actor, ref_alpha, ref_metrics = _update_gradients(agent, batch, noise)
+    got_critic, got_actor, got_alpha, got_metrics = _update_gradients(mixed, batch, noise)
+    pairs = [*zip(ref_critic, got_critic, strict=True), *zip(ref_actor, got_actor, strict=True)]
+    if agent.auto_alpha:
+        pairs.append((ref_alpha, got_alpha))
+    for r, g in pairs:
+        assert g.dtype == torch.float32 and g.shape == r.shape
+        cosine = torch.nn.functional.cosine_similarity(g.flatten(), r.flatten(), dim=0)
+        assert cosine > 0.995 and (g - r).norm() < 0.06 * r.norm()
     for name in ("LossQ", "LossPi", "QMean", "LogPi"):
-        torch.testing.assert_close(got["metrics"][name], ref["metrics"][name],
-                                   rtol=1e-2, atol=1e-3)
+        torch.testing.assert_close(got_metrics[name], ref_metrics[name], rtol=1e-2, atol=1e-3)

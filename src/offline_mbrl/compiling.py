@@ -1,18 +1,14 @@
 """``--compile``: the population update and the rollout step as compiled graphs.
 
 The eager path is the reference; compiled functions compute the same thing (up to float
-rounding, see ``tests/test_compile.py``). On CUDA the mode is ``reduce-overhead``, which
-captures each function as a CUDA graph and replays it, removing the per-kernel launch cost
-that dominates small-network updates. On CPU inductor fuses the elementwise work between
-the matrix products (measured on 2 cores, ``benchmarks/gpu_check.py --device cpu``: the
-update 5.2 -> 4.0 ms at P = 1 and 24.5 -> 19.0 ms at P = 6, a float32 50k × 5 rollout
-5.4 -> 4.1 s), at about 30 s of compilation per function. In bf16 rollouts on CPU the
-model's networks stay eager inside the compiled step (``EnvironmentModel.eager_networks``)
-and only the work around them is compiled (a step of six seeds' chunk: 16.4 -> 15.1 ms;
-the whole step compiled: 17.1). A bf16 SAC update gains from compilation as a float32
-one does (``benchmarks/sac_update.py``, 2026-12-01 14:57 UTC: P = 6 17.6 -> 14.1 ms, P = 1
-7.3 -> 4.6 ms) since ``layers.relu_`` keeps its integer trick out of traced code; with
-it, inductor made scalar loops of the fused kernels and the compiled update ran slower.
+rounding, see ``tests/test_compile.py``). The SAC update compiles its losses, forward and
+backward (AOTAutograd), and keeps the optimizer step eager. On CUDA the mode is
+``reduce-overhead``, which captures each function as a CUDA graph and replays it, removing
+the per-kernel launch cost that dominates small-network updates. On CPU inductor fuses the
+elementwise work between the matrix products. In bf16 rollouts on CPU the model's networks
+stay eager inside the compiled step (``EnvironmentModel.eager_networks``), where oneDNN's
+bf16 products beat inductor's, and only the work around them is compiled. Figures:
+``benchmarks/README.md``.
 
 Compiled code is cached per function and specialised on the agent and model objects:
 a process that trains several populations one after another compiles again for each.
@@ -50,9 +46,8 @@ def compiler(device: torch.device) -> Callable[[F], F]:
 def eager_rollout_networks(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a compiled rollout step in ``dtype`` should run the model's networks eagerly.
 
-    Only bf16 on CPU: there the compiled step ran 6% faster with oneDNN's eager bf16
-    products between compiled graphs than with the networks inside them (a six-seed chunk
-    on 2 cores; see benchmarks/README.md).
+    Only bf16 on CPU, where oneDNN's eager bf16 products between compiled graphs are
+    faster than inductor's (benchmarks/README.md).
     """
     return device.type == "cpu" and dtype == torch.bfloat16
 

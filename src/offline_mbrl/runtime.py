@@ -1,5 +1,5 @@
-"""Process-level settings: CPU threads that share a machine gracefully, and allocator
-thresholds that make the CPU hot loop faster.
+"""Process-level settings: CPU threads that share a machine gracefully, and (optional)
+allocator thresholds for the CPU hot loop.
 
 OpenMP's default wait policy keeps idle worker threads spinning after every parallel
 region. Alone on a machine that costs nothing; two processes that each spin on every core
@@ -27,15 +27,22 @@ _KEEP_BYTES = 512 * 1024 * 1024
 _done = False
 
 
-def keep_freed_memory() -> bool:
-    """Tell glibc's allocator to keep freed blocks (up to 512 MiB) for reuse.
+KEEP_FREED_MEMORY_FLAG = "OMBRL_KEEP_FREED_MEMORY"
+"""Set to 1 to raise glibc's thresholds (off by default; see benchmarks/README.md)."""
 
-    Safe to call repeatedly; a no-op (returning False) off glibc/Linux. Only the
-    allocator's thresholds change, never what the program computes.
+
+def keep_freed_memory() -> bool:
+    """With ``OMBRL_KEEP_FREED_MEMORY=1``, tell glibc's allocator to keep freed blocks (up
+    to 512 MiB) for reuse.
+
+    Safe to call repeatedly; a no-op (returning False) without the flag or off
+    glibc/Linux. Only the allocator's thresholds change, never what the program computes.
     """
     global _done
     if _done:
         return True
+    if os.environ.get(KEEP_FREED_MEMORY_FLAG) != "1":
+        return False
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -1,10 +1,12 @@
-"""Soft actor-critic for a population of ``P`` independent agents.
+"""Soft actor-critic (Haarnoja et al., 2018) for a population of ``P`` independent agents.
 
 All ``P`` actors are one :class:`BatchedMLP` with ``P`` groups; all ``2P`` critics
 (twin Q per member) are one :class:`BatchedMLP` with ``2P`` groups laid out member-major
 (``[p, q1], [p, q2], ...``). One call to :meth:`SAC.update` is one gradient step for
-every member. Losses are summed over members, so each member's gradient is exactly the
-gradient of its own loss: member ``p`` trains as a single agent with seed ``p`` would.
+every member. Each loss is a small function below returning one value per member; the
+update sums them over members and differentiates with autograd, so each member's gradient
+is exactly the gradient of its own loss: member ``p`` trains as a single agent with seed
+``p`` would. Algorithms built on SAC (CQL, COMBO, MOBILE) add terms to these losses.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from offline_mbrl.agents.adam import GroupedAdam
 from offline_mbrl.agents.base import ActionScaler, Batch
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.models.layers import BatchedMLP, member_generators
@@ -65,6 +66,28 @@ def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tens
     return reward + gamma * (1.0 - terminated) * (next_q - alpha * next_log_prob)
 
 
+def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[P]`` squared TD error: ``q [P, 2, B]`` (twin critics) against ``target [P, B]``,
+    averaged over the batch and summed over the twins."""
+    return (q - target[:, None]).square().mean(dim=2).sum(dim=1)
+
+
+def actor_loss(q_new: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor
+               ) -> torch.Tensor:
+    """``[P]`` policy loss ``mean(α log π(a|s) − min_k Q_k(s, a))`` for ``a ~ π(s)``.
+
+    Shapes: ``q_new [P, 2, B]``, ``log_prob [P, B]``, ``alpha [P, 1]``.
+    """
+    return (alpha * log_prob - q_new.amin(dim=1)).mean(dim=1)
+
+
+def alpha_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float
+               ) -> torch.Tensor:
+    """``[P]`` temperature loss ``−log α · (mean log π + target entropy)``; ``log_alpha [P]``,
+    ``log_prob [P, B]`` (its gradient does not flow: only α learns from this loss)."""
+    return -(log_alpha * (log_prob.detach().mean(dim=1) + target_entropy))
+
+
 class SAC(nn.Module):
     """``P`` SAC agents trained in lockstep.
 
@@ -101,57 +124,59 @@ class SAC(nn.Module):
             torch.full((P,), math.log(initial_alpha) if initial_alpha > 0 else -math.inf),
             requires_grad=self.auto_alpha)
         self.target_entropy = -float(act_dim)
-        # Optimizers are made for the parameters where they will live.
+        # The optimizer is made for the parameters where they will live.
         self.to(device)
-        self._make_optimizers()
-        # For the Polyak step; listed after the move, which may replace parameter objects.
-        self._target_params = list(self.critic_target.parameters())
-        self._critic_params = list(self.critic.parameters())
-        self._gradients: Callable[[SAC, Batch, PopulationRNG, torch.Tensor], dict[str, Any]] = (
-            sac_gradients)
+        # Adam is elementwise, so one optimizer over batched weights keeps members
+        # independent; one optimizer over all three losses' parameters is one fused step.
+        trained = [*self.actor.parameters(), *self.critic.parameters()]
+        if self.auto_alpha:
+            trained.append(self.log_alpha)
+        self.optimizer = torch.optim.Adam(trained, lr=config.lr,
+                                          **adam_implementation(self.log_alpha.device))
+        self._losses: Callable[[SAC, Batch, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
+        self._losses = sac_losses
 
     def compile_update(self, compile_fn: Callable[[Any], Any]) -> None:
-        """Run the gradient computation of :meth:`update` through ``compile_fn``
-        (``torch.compile``; see :mod:`offline_mbrl.compiling`). Optimizer steps stay eager."""
-        compiled = compile_fn(sac_gradients)
+        """Run the loss computation of :meth:`update` (forward and backward) through
+        ``compile_fn`` (``torch.compile``; see :mod:`offline_mbrl.compiling`). The optimizer
+        step stays eager."""
+        compiled = compile_fn(sac_losses)
 
-        def gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tensor
-                      ) -> dict[str, Any]:
-            # Columns of packed rows are strided views; inductor's kernels run about 30%
-            # slower on them than on contiguous copies, which cost a few microseconds.
-            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, rng, draw)
+        def losses(agent: SAC, batch: Batch, noise: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+            # Columns of packed rows are strided views; inductor's kernels run slower on
+            # them than on contiguous copies, which cost a few microseconds.
+            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, noise)
 
-        self._gradients = gradients
+        self._losses = losses
 
     @property
     def update_compiled(self) -> bool:
-        """Whether :meth:`update` runs its gradient computation compiled."""
-        return self._gradients is not sac_gradients
-
-    def _make_optimizers(self) -> None:
-        lr = self.config.lr
-        # Adam is elementwise, so one optimizer over batched weights keeps members independent;
-        # fused: one kernel per step instead of several per parameter (measured 6-8% faster).
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr, fused=True)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr, fused=True)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr, fused=True)
-        self._adam = GroupedAdam([self.critic_optimizer, self.actor_optimizer]
-                                 + ([self.alpha_optimizer] if self.auto_alpha else []))
+        """Whether :meth:`update` runs its loss computation compiled."""
+        return self._losses is not sac_losses
 
     # ----------------------------------------------------------------- networks
-    def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``obs [P, B, obs_dim] -> (mean, log_std)``, each ``[P, B, act_dim]``, of the
+        Gaussian before the tanh squashing."""
         mean, log_std = self.actor(obs, self.dtype).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def q_values(self, obs: torch.Tensor, unit_action: torch.Tensor,
-                 critic: BatchedMLP | None = None, dtype: torch.dtype | None = None
-                 ) -> torch.Tensor:
-        """``obs [P,B,obs_dim], unit_action [P,B,act_dim] -> Q [P, 2, B]``; ``dtype``: that
-        of the hidden layers' products (see :meth:`BatchedMLP.forward_saving_inputs`)."""
+                 critic: BatchedMLP | None = None, dtype: torch.dtype | None = None,
+                 frozen: bool = False) -> torch.Tensor:
+        """``obs [P,B,obs_dim], unit_action [P,B,act_dim] -> Q [P, 2, B]`` (both twins).
+
+        Args:
+            critic: the online critic (default) or the target.
+            dtype: that of the hidden layers' products (default the agent's precision).
+            frozen: the critic's parameters enter detached, so that a loss differentiates
+                through the critic's input only.
+        """
         P, B, _ = obs.shape
         x = torch.cat([obs, unit_action], dim=-1)
         x = x.unsqueeze(1).expand(P, 2, B, x.shape[-1]).reshape(2 * P, B, x.shape[-1])
-        return (critic or self.critic)(x, dtype).view(P, 2, B)
+        return (critic or self.critic)(x, dtype or self.dtype, frozen=frozen).view(P, 2, B)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -167,7 +192,7 @@ class SAC(nn.Module):
         Stochastic actions take their standard normal ``noise [P, n, act_dim]`` as given,
         or draw it from ``rng``.
         """
-        mean, log_std = self._policy(obs)
+        mean, log_std = self.policy(obs)
         if deterministic:
             return self.scaler.to_env(torch.tanh(mean))
         if noise is None:
@@ -177,15 +202,19 @@ class SAC(nn.Module):
         # The log-probability is not needed to act: tanh of the reparameterised sample.
         return self.scaler.to_env(torch.tanh(torch.addcmul(mean, log_std.exp(), noise)))
 
+    @torch.no_grad()
+    def q_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``[P, B]`` the smaller twin's Q-value of ``obs [P, B, obs_dim]`` and ``action``
+        ``[P, B, act_dim]`` (environment units): what uncertainty penalties that look at
+        the critic (MOBILE's) read, without reaching into the agent."""
+        return self.q_values(obs, self.scaler.to_unit(action)).amin(dim=1)
+
     # ----------------------------------------------------------------- update
     def update(self, batch: Batch, rng: PopulationRNG) -> dict[str, torch.Tensor]:
-        """One SAC step for every member, differentiated by hand.
+        """One SAC step for every member.
 
-        Both losses are taken at the current parameters and both networks then step
-        (the simultaneous update of the original SAC implementation), which lets one
-        actor pass serve the policy and the target and one critic pass serve the
-        critic loss and the policy loss. ``tests/test_sac.py`` checks every gradient
-        against autograd.
+        All three losses are taken at the current parameters and then every network
+        steps (the simultaneous update of the original SAC implementation).
 
         Args:
             batch: ``obs [P,B,obs_dim]``, ``action [P,B,act_dim]`` (environment units),
@@ -195,27 +224,27 @@ class SAC(nn.Module):
         Returns:
             ``[P]`` tensors: LossQ, LossPi, LossAlpha, Alpha, QMean, LogPi.
         """
+        B = batch["obs"].shape[1]
+        noise = rng.block_normal(rng.next_draw(), 0, 2 * B, self.act_dim)
+        loss, metrics = self._losses(self, batch, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
         with torch.no_grad():
-            grads = self._gradients(self, batch, rng, rng.next_draw())
-        metrics = grads.pop("metrics")
-        self._adam.step([*grads["critic"], *grads["actor"],
-                         *(grads["alpha"] if self.auto_alpha else [])])
-        with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._critic_params,
-                                 1.0 - self.config.polyak)
+            for target, online in zip(self.critic_target.parameters(),
+                                      self.critic.parameters(), strict=True):
+                target.lerp_(online, 1.0 - self.config.polyak)
         return metrics
 
     # ----------------------------------------------------------------- state
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        """Networks, targets, temperature and all optimizer states (population tensors)."""
+        """Networks, targets, temperature and the optimizer state (population tensors)."""
         return {
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
             "critic_target": self.critic_target.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Any:  # type: ignore[override]
@@ -224,99 +253,54 @@ class SAC(nn.Module):
         self.critic_target.load_state_dict(state["critic_target"])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self._adam.reset()  # the optimizers hold new state tensors now
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
-def sac_gradients(agent: SAC, batch: Batch, rng: PopulationRNG, draw: torch.Tensor
-                  ) -> dict[str, Any]:
-    """Gradients of the critic, policy and temperature losses at the current parameters.
+def adam_implementation(device: torch.device) -> dict[str, bool]:
+    """Adam's fused kernel where torch has one for ``device``, else its foreach path."""
+    if device.type in ("cpu", "cuda", "mps", "xpu"):
+        return {"fused": True}
+    return {"foreach": True}
 
-    Shapes: ``P`` members, ``B`` rows, twin critics as ``2P`` groups (member-major).
-    The policy noise is draw ``draw`` of ``rng`` (:meth:`PopulationRNG.next_draw`), so
-    the function mutates none of its inputs and can be captured as a CUDA graph.
+
+def sac_losses(agent: SAC, batch: Batch, noise: torch.Tensor
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The sum over members of the critic, policy and temperature losses, and metrics.
+
+    Shapes: ``P`` members, ``B`` rows; ``noise [P, 2B, act_dim]`` standard normal (rows
+    ``:B`` for the policy at ``obs``, ``B:`` for the target at ``next_obs``).
 
     Returns:
-        ``{"critic": [...], "actor": [...], "alpha": [...]}`` gradients in each network's
-        parameter order (each member's loss summed, so members stay independent), and
-        ``"metrics"``, the ``[P]`` tensors of :meth:`SAC.update`.
+        The scalar loss to differentiate, and the ``[P]`` metrics of :meth:`SAC.update`.
     """
     obs, next_obs = batch["obs"], batch["next_obs"]
-    P, B, obs_dim = obs.shape
-    A = agent.act_dim
-    dtype = agent.dtype
-    alpha = agent.alpha[:, None]  # [P, 1]
-    unit_action = agent.scaler.to_unit(batch["action"])
-    noise = rng.block_normal(draw, 0, 2 * B, A)  # rows :B for obs, B: for next_obs
+    B = obs.shape[1]
+    alpha = agent.alpha.detach()[:, None]  # [P, 1]
 
-    # Policy at obs (differentiated) and at next_obs (for the target), in one pass.
-    out, actor_inputs = agent.actor.forward_saving_inputs(torch.cat([obs, next_obs], dim=1),
-                                                              dtype)
-    mean, raw_log_std = out.chunk(2, dim=-1)
-    log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-    std = log_std.exp()
-    pre_tanh = torch.addcmul(mean, std, noise)
-    action, log_prob = torch.tanh(pre_tanh), squashed_log_prob(noise, log_std, pre_tanh)
-    new_action, next_action = action[:, :B], action[:, B:]
-    log_prob_new, next_log_prob = log_prob[:, :B], log_prob[:, B:]
+    # The policy at next_obs only feeds the target: no graph, so that the backward pass
+    # multiplies the rows at obs only.
+    with torch.no_grad():
+        mean, log_std = agent.policy(next_obs)
+        next_action, next_log_prob = squashed_gaussian(mean, log_std, noise[:, B:])
+        next_q = agent.q_values(next_obs, next_action, agent.critic_target).amin(dim=1)
+        target = td_target(batch["reward"], batch["terminated"], next_q, next_log_prob,
+                           alpha, agent.config.gamma)
+    mean, log_std = agent.policy(obs)
+    new_action, log_prob_new = squashed_gaussian(mean, log_std, noise[:, :B])
 
-    next_q = agent.q_values(next_obs, next_action, agent.critic_target, dtype).amin(dim=1)
-    target = td_target(batch["reward"], batch["terminated"], next_q, next_log_prob,
-                       alpha, agent.config.gamma)
-
-    # Critic at (obs, data action) for its loss and at (obs, new action) for the policy's.
-    x = torch.cat([torch.cat([obs, unit_action], dim=-1), torch.cat([obs, new_action], dim=-1)],
-                  dim=1)
-    x = x.unsqueeze(1).expand(P, 2, 2 * B, x.shape[-1]).reshape(2 * P, 2 * B, x.shape[-1])
-    q_all, critic_inputs = agent.critic.forward_saving_inputs(x, dtype)
-    q_all = q_all.view(P, 2, 2 * B)
-    q, q_new = q_all[..., :B], q_all[..., B:]
-    td_error = q - target[:, None]
-    loss_q = td_error.square().mean(dim=2).sum(dim=1)  # [P]
-    q_new_min, argmin = q_new.min(dim=1)  # [P, B]
-    loss_pi = (alpha * log_prob_new - q_new_min).mean(dim=1)  # [P]
-
-    # d loss / d q: the TD rows train the critic; the policy rows reach only its input.
-    grad_q = torch.empty_like(q_all)
-    grad_q[..., :B] = td_error * (2.0 / B)
-    # Only the twin that gave the minimum. Not one_hot: on CPU it reads the index range
-    # back to the host twice per call to check it.
-    twins = torch.arange(2, device=argmin.device).view(1, 2, 1)
-    grad_q[..., B:] = (argmin.unsqueeze(1) == twins) * (-1.0 / B)
-    critic_grads, grad_x = agent.critic.backward(
-        critic_inputs, grad_q.view(2 * P, 2 * B, 1), weight_rows=slice(0, B),
-        input_rows=slice(B, 2 * B))
-    assert grad_x is not None
-    grad_new_action = grad_x[..., obs_dim:].view(P, 2, B, A).sum(dim=1)
-
-    # Back through the squashed Gaussian: a = tanh(u), u = mean + exp(log_std) · noise,
-    # d log π / d u = 2 tanh(u), d log π / d log_std = -1 (per dimension).
-    a_new, eps = new_action, noise[:, :B]
-    alpha_b = alpha[..., None] / B  # [P, 1, 1]
-    grad_u = torch.addcmul(grad_new_action * (1.0 - a_new.square()), alpha_b, 2.0 * a_new)
-    grad_log_std = (grad_u * std[:, :B] * eps - alpha_b) * (
-        (raw_log_std[:, :B] >= LOG_STD_MIN) & (raw_log_std[:, :B] <= LOG_STD_MAX))
-    actor_grads, _ = agent.actor.backward([h[:, :B] for h in actor_inputs],
-                                          torch.cat([grad_u, grad_log_std], dim=-1))
-
-    log_prob_mean = log_prob_new.mean(dim=1)
-    # loss_alpha = -log α · (mean log π + target entropy), per member.
-    entropy_gap = log_prob_mean + agent.target_entropy
-    loss_alpha = (-(agent.log_alpha * entropy_gap) if agent.auto_alpha
-                  else torch.zeros_like(loss_pi))
-    return {
-        "critic": critic_grads,
-        "actor": actor_grads,
-        "alpha": [-entropy_gap],
-        "metrics": {
-            "LossQ": loss_q,
-            "LossPi": loss_pi,
-            "LossAlpha": loss_alpha,
-            "Alpha": alpha[:, 0],
-            "QMean": q.mean(dim=(1, 2)),
-            "LogPi": log_prob_mean,
-        },
+    q = agent.q_values(obs, agent.scaler.to_unit(batch["action"]))
+    # The policy loss reaches the critic's input only: its parameters enter detached.
+    q_new = agent.q_values(obs, new_action, frozen=True)
+    loss_q = critic_loss(q, target)
+    loss_pi = actor_loss(q_new, log_prob_new, alpha)
+    loss_alpha = (alpha_loss(agent.log_alpha, log_prob_new, agent.target_entropy)
+                  if agent.auto_alpha else torch.zeros_like(loss_pi))
+    metrics = {
+        "LossQ": loss_q.detach(),
+        "LossPi": loss_pi.detach(),
+        "LossAlpha": loss_alpha.detach(),
+        "Alpha": alpha[:, 0],
+        "QMean": q.detach().mean(dim=(1, 2)),
+        "LogPi": log_prob_new.detach().mean(dim=1),
     }
-
+    return (loss_q + loss_pi + loss_alpha).sum(), metrics

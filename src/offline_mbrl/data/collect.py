@@ -640,7 +640,7 @@ def sample_policy(env_name: str, run_dir: Path, size: int, seed: int, protocol: 
     def policy(obs: np.ndarray) -> np.ndarray:
         obs_t = torch.as_tensor(obs, device=loaded.device)[None]  # [1, 1, obs_dim]
         with torch.no_grad():
-            mean, log_std = agent._policy(obs_t)
+            mean, log_std = agent.policy(obs_t)
             unit, log_prob = squashed_gaussian(mean, log_std, rng.normal(*mean.shape[1:]))
             action = agent.scaler.to_env(unit)
         log_probs[count[0]] = float(log_prob[0, 0])

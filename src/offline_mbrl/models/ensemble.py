@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from offline_mbrl.models.layers import BatchedMLP, member_generators, relu_
+from offline_mbrl.models.layers import BatchedMLP, member_generators
 
 ModelType = Literal["probabilistic", "deterministic"]
 TerminationFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -68,11 +68,6 @@ class _InplaceReLU(nn.ReLU):
 
     def __init__(self) -> None:
         super().__init__(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.requires_grad:
-            return relu_(x)  # exact, and fast in bf16
-        return super().forward(x)
 
 
 def _safe_std(std: torch.Tensor) -> torch.Tensor:
