@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from offline_mbrl.agents import BehavioralCloning
 from offline_mbrl.cli import train_main
-from offline_mbrl.config import MODES, TrainerConfiguration
+from offline_mbrl.config import TrainerConfiguration
 from offline_mbrl.data.collect import collect_random
 from offline_mbrl.data.d4rl import PUBLISHED_ROWS, write_d4rl_hdf5
 from offline_mbrl.errors import UserError
 from offline_mbrl.logging import read_progress
+from offline_mbrl.modes import MODES
 from offline_mbrl.train import Trainer
 
 # The package exports a function named `train`, which hides the module attribute.
@@ -75,7 +77,7 @@ def test_every_mode_runs(mode, dirs):
     online = mode in ("sac", "mbpo")
     assert (rows[0]["TotalEnvInteracts"] > 0) == online  # offline modes never step the env
     if mode == "behavioral-cloning":
-        assert trainer.kind == "bc" and trainer.virtual is None
+        assert isinstance(trainer.agent, BehavioralCloning) and trainer.virtual is None
     if mode in ("mbpo",) or mode.endswith(("penalty", "partitioning")):
         assert trainer.pessimism is not None and "RolloutLength" in rows[0]
         expected = "none" if mode == "mbpo" else mode.split("-")[1]

@@ -22,6 +22,7 @@ if str(SRC) not in sys.path:
 
 from offline_mbrl import plotting  # noqa: E402
 from offline_mbrl.errors import UserError  # noqa: E402
+from offline_mbrl.modes import pessimistic_modes  # noqa: E402
 from offline_mbrl.scripts import plot as plot_script  # noqa: E402
 
 COLUMNS = [
@@ -223,7 +224,7 @@ def test_plot_final_eval_panels(experiments: Path) -> None:
     assert len(empty) == 12
     assert ("walker2d", "expert") in empty and ("hopper", "medium") not in empty
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
-        *plotting.PESSIMISTIC_MODES,
+        *pessimistic_modes(),
         plotting.BASELINE_MODE,
     ]
     fig = plotting.plot_final_eval(

@@ -21,6 +21,7 @@ from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_c
 from offline_mbrl.errors import UserError
 from offline_mbrl.files import write_failure
 from offline_mbrl.models.training import EnvironmentModelConfiguration
+from offline_mbrl.modes import MODES
 from offline_mbrl.runs import RESOLVED_KEY
 
 
@@ -95,6 +96,8 @@ def add_model_flags(parser: Any, model: type[BaseModel], skip: Sequence[str] = (
             kwargs.update(type=kind)
         if get_origin(info.annotation) is Literal:
             kwargs["choices"] = list(get_args(info.annotation))
+        elif (info.json_schema_extra or {}).get("choices") == "modes":  # type: ignore[union-attr]
+            kwargs["choices"] = list(MODES)
         parser.add_argument(f"--{prefix}{name}", **kwargs)
         names.append(name)
     return names
@@ -190,7 +193,8 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
                         "mode's default, or pass --epochs N with N >= 1")
     if args.epochs is not None:
         mode = values.get("mode", "sac")
-        key = "online_epochs" if mode in ("sac", "mbpo") else "offline_epochs"
+        spec = MODES.get(mode)  # an unknown mode is refused by the configuration
+        key = "online_epochs" if spec is not None and spec.online else "offline_epochs"
         values[key] = args.epochs
     return make_config(TrainerConfiguration, **values)
 

@@ -20,25 +20,8 @@ from pydantic import (
 
 from offline_mbrl.errors import UserError, validation_message
 from offline_mbrl.models.training import EnvironmentModelConfiguration
+from offline_mbrl.modes import MODES, get_mode
 
-MODES: tuple[str, ...] = (
-    "sac",
-    "mbpo",
-    "offline-sac",
-    "behavioral-cloning",
-    "aleatoric-penalty",
-    "epistemic-penalty",
-    "aleatoric-partitioning",
-    "epistemic-partitioning",
-)
-ONLINE_MODES = ("sac", "mbpo")
-PESSIMISTIC_MODES = MODES[4:]
-Mode = Literal[
-    "sac", "mbpo", "offline-sac", "behavioral-cloning", "aleatoric-penalty",
-    "epistemic-penalty", "aleatoric-partitioning", "epistemic-partitioning",
-]
-
-MODEL_BASED_MODES = ("mbpo", *PESSIMISTIC_MODES)
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -89,9 +72,10 @@ class TrainerConfiguration(_Frozen):
 
     env_name: str = "hopper-medium-replay-v2"
     """D4RL name (hopper-medium-replay-v2), plain name (hopper-v2) or Gymnasium id (Pendulum-v1)."""
-    mode: Mode = "sac"
-    """Training mode: one of sac, mbpo, offline-sac, behavioral-cloning,
-    {aleatoric,epistemic}-{penalty,partitioning}."""
+    mode: str = Field("sac", json_schema_extra={"choices": "modes"})
+    """Training mode, one of the registry's (offline_mbrl.modes): sac, mbpo, offline-sac,
+    behavioral-cloning, {aleatoric,epistemic}-{penalty,partitioning}, and any registered
+    since."""
     seed: NonNegativeInt = 0
     """Random seed of a single run."""
     seeds: tuple[NonNegativeInt, ...] | None = None
@@ -205,11 +189,18 @@ class TrainerConfiguration(_Frozen):
     def _scalar_to_tuple(cls, value: Any) -> Any:
         return (value,) if isinstance(value, int | float) else value
 
+    @field_validator("mode")
+    @classmethod
+    def _registered_mode(cls, value: str) -> str:
+        if value not in MODES:
+            raise ValueError(f"unknown mode {value!r}: choose one of {', '.join(MODES)}")
+        return value
+
     @model_validator(mode="after")
     def _precision_applies(self) -> TrainerConfiguration:
-        if self.mode == "behavioral-cloning" and self.agent.precision != "float32":
-            raise ValueError("precision bfloat16 applies to the SAC update; behavioral-cloning "
-                             "trains in float32: drop --precision")
+        if self.agent.precision not in get_mode(self.mode).precisions:
+            raise ValueError(f"precision {self.agent.precision} does not apply to {self.mode}, "
+                             "which trains in float32: drop --precision")
         return self
 
     @property
@@ -220,11 +211,12 @@ class TrainerConfiguration(_Frozen):
     @property
     def epochs(self) -> int:
         """Epochs the mode trains for, with offline defaults resolved."""
-        if self.mode in ONLINE_MODES:
+        spec = get_mode(self.mode)
+        if spec.online:
             return self.online_epochs
         if self.offline_epochs is not None:
             return self.offline_epochs
-        updates = 250_000 if self.mode == "behavioral-cloning" else 500_000
+        updates = spec.default_updates
         return max(1, round(updates / (self.steps_per_epoch * self.agent_updates_per_step)))
 
 

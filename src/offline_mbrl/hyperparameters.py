@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from offline_mbrl.errors import UserError
+from offline_mbrl.modes import get_mode
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def fallback_pessimism(mode: str, uncertainty: dict[str, float], max_reward: flo
     outliers, so rules anchored on it leave rollouts nearly unpenalised.
     """
     edge = max(float(uncertainty["p99"]), 1e-12)
-    if mode.endswith("partitioning"):
+    if get_mode(mode).pessimism == "partitioning":
         return edge
     return max_reward / edge
 

@@ -50,6 +50,7 @@ from matplotlib.lines import Line2D
 
 from offline_mbrl.errors import UserError
 from offline_mbrl.files import write_bytes_atomic
+from offline_mbrl.modes import pessimistic_modes
 
 PROGRESS_FILE = "progress.txt"
 CONFIG_FILE = "config.json"
@@ -57,13 +58,6 @@ CONFIG_FILE = "config.json"
 #: Rows and columns of the final-evaluation grid.
 ENV_FAMILIES: tuple[str, ...] = ("halfcheetah", "hopper", "walker2d")
 DATASET_KINDS: tuple[str, ...] = ("random", "medium-replay", "medium", "medium-expert", "expert")
-#: Modes drawn as curves in the final-evaluation figure.
-PESSIMISTIC_MODES: tuple[str, ...] = (
-    "aleatoric-penalty",
-    "epistemic-penalty",
-    "aleatoric-partitioning",
-    "epistemic-partitioning",
-)
 #: Mode drawn as a dashed horizontal line (its mean final score) in every panel.
 BASELINE_MODE = "behavioral-cloning"
 #: Config keys that tell two configurations of the same env and mode apart.
@@ -693,7 +687,7 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def _mode_order(modes: Iterable[str]) -> list[str]:
-    preferred = [*PESSIMISTIC_MODES, BASELINE_MODE]
+    preferred = [*pessimistic_modes(), BASELINE_MODE]
     modes = set(modes)
     return [m for m in preferred if m in modes] + sorted(modes - set(preferred))
 
@@ -789,7 +783,7 @@ def plot_final_eval(
     xaxis: str | None = None,
     smooth_window: int = 1,
     last_k: int = 1,
-    modes: Sequence[str] = PESSIMISTIC_MODES,
+    modes: Sequence[str] | None = None,
     baseline: str | None = BASELINE_MODE,
     labels: Mapping[str, str] | None = None,
     fig: Figure | None = None,
@@ -808,7 +802,8 @@ def plot_final_eval(
         xaxis: x column; default :func:`default_xaxis`.
         smooth_window: moving-average window in points.
         last_k: evaluations averaged for the baseline's final score.
-        modes: modes drawn as curves (colours C0, C1, ... in this order).
+        modes: modes drawn as curves (colours C0, C1, ... in this order); default the
+            registry's pessimistic modes.
         baseline: mode drawn as a horizontal line, or None.
         labels: legend labels replacing mode names.
         fig: figure to draw into; a new one by default.
@@ -821,6 +816,7 @@ def plot_final_eval(
         UserError: no run on a D4RL dataset, the value or x column missing, or one
             (dataset, mode) with runs of different configurations.
     """
+    modes = pessimistic_modes() if modes is None else modes
     labels = dict(labels or {})
     panels: dict[tuple[str, str], dict[str, list[Run]]] = {}
     ignored = 0

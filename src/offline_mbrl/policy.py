@@ -12,6 +12,7 @@ from offline_mbrl.agents import SAC, BehavioralCloning
 from offline_mbrl.checkpoint import load_checkpoint
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.errors import UserError
+from offline_mbrl.modes import agent_class_of
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.runs import find_checkpoint
 
@@ -63,7 +64,11 @@ def load_agent(path: str | Path, device: str = "cpu") -> LoadedAgent:
         raise UserError(f"{path} is not an agent checkpoint: "
                         "pass a run directory of train_agent.py")
     config = state["config"]
-    cls = BehavioralCloning if state["agent_kind"] == "bc" else SAC
+    try:
+        cls = agent_class_of(state["agent_kind"])
+    except KeyError as error:
+        raise UserError(f"{path}: {error.args[0]}; register its mode before loading it") \
+            from None
     agent = cls(state["obs_dim"], state["act_dim"], state["action_low"], state["action_high"],
                 (int(config["seed"]),), AgentConfiguration(**config["agent"]), torch_device)
     try:

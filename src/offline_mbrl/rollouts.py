@@ -26,6 +26,7 @@ from offline_mbrl.agents.base import Agent
 from offline_mbrl.data.buffer import TransitionLayout
 from offline_mbrl.models.ensemble import EnvironmentModel, sample_next
 from offline_mbrl.models.uncertainty import uncertainty
+from offline_mbrl.modes import get_mode
 from offline_mbrl.rng import PopulationRNG
 
 PessimismKind = Literal["none", "penalty", "partitioning"]
@@ -56,11 +57,10 @@ class Pessimism:
     @staticmethod
     def from_mode(mode: str, rollout_length: torch.Tensor, penalty: torch.Tensor,
                   threshold: torch.Tensor, max_reward: float) -> Pessimism:
-        """Parse ``{aleatoric,epistemic}-{penalty,partitioning}``; any other mode: none."""
-        unc, _, kind = mode.partition("-")
-        if unc in ("aleatoric", "epistemic") and kind in ("penalty", "partitioning"):
-            return Pessimism(kind, unc, rollout_length, penalty, threshold, max_reward)  # type: ignore[arg-type]
-        return Pessimism("none", "epistemic", rollout_length, penalty, threshold, max_reward)
+        """The pessimism of registered mode ``mode`` (see :mod:`offline_mbrl.modes`)."""
+        spec = get_mode(mode)
+        return Pessimism(spec.pessimism, spec.uncertainty or "epistemic", rollout_length,
+                         penalty, threshold, max_reward)
 
 
 def apply_pessimism(reward: torch.Tensor, terminated: torch.Tensor, u: torch.Tensor,

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from offline_mbrl.agents import SAC, BehavioralCloning, split_member_state, stack_member_states
+from offline_mbrl.agents import SAC, split_member_state, stack_member_states
 from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
 from offline_mbrl.compiling import compile_networks, compiler, eager_rollout_networks
-from offline_mbrl.config import MODEL_BASED_MODES, ONLINE_MODES, TrainerConfiguration
+from offline_mbrl.config import TrainerConfiguration
 from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
 from offline_mbrl.envs.registry import (
     evaluation_env_id,
@@ -34,6 +34,7 @@ from offline_mbrl.envs.state import episode_state, restore_episode
 from offline_mbrl.errors import NonFiniteError, UserError
 from offline_mbrl.logging import RunLogger
 from offline_mbrl.models.training import resolve_device
+from offline_mbrl.modes import agent_class_of, get_mode, same_agent
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
 from offline_mbrl.runs import (
@@ -52,8 +53,9 @@ _AGENT_STREAM, _DATA_STREAM, _ACTION_STREAM, _ROLLOUT_STREAM = 1, 2, 3, 4
 
 def make_agent(kind: str, obs_dim: int, act_dim: int, action_low: Any, action_high: Any,
                seeds: tuple[int, ...], config: TrainerConfiguration, device: torch.device
-               ) -> SAC | BehavioralCloning:
-    cls = BehavioralCloning if kind == "bc" else SAC
+               ) -> Any:
+    """The agent class ``kind`` names (a registered mode's, see :func:`agent_class_of`)."""
+    cls = agent_class_of(kind)
     return cls(obs_dim, act_dim, action_low, action_high, seeds, config.agent, device)
 
 
@@ -69,7 +71,8 @@ BATCH_BLOCK_STEPS = 64
 
 
 def agent_kind(mode: str) -> str:
-    return "bc" if mode == "behavioral-cloning" else "sac"
+    """What checkpoints call the agent of ``mode``: its import path."""
+    return get_mode(mode).agent
 
 
 @dataclass
@@ -143,10 +146,11 @@ class Trainer:
         probe.close()
         self.layout = TransitionLayout(self.obs_dim, self.act_dim)
 
-        self.online = config.mode in ONLINE_MODES
+        self.mode = get_mode(config.mode)
+        self.online = self.mode.online
         self.eval_env = self.spec.gym_id
         """Gymnasium id of the evaluation episodes (a dataset's own, see _load_dataset_rows)."""
-        self.model_based = config.mode in MODEL_BASED_MODES or config.use_env_model
+        self.model_based = self.mode.model_based or config.use_env_model
         # Everything that can fail on bad input happens before run directories are touched.
         dataset_rows = None if self.online else self._load_dataset_rows()
         self.model: Any = None
@@ -232,15 +236,15 @@ class Trainer:
             if values is not None and len(values) not in (1, self.P):
                 raise UserError(f"--{name} got {len(values)} values for {self.P} population "
                                 f"members: pass one value or one per member")
-        online_model = self.config.mode == "mbpo" or (self.config.mode == "sac"
-                                                      and self.config.use_env_model)
+        spec = get_mode(self.config.mode)
+        online_model = spec.online and (spec.model_based or self.config.use_env_model)
         if online_model and self.P > 1:
             raise UserError("mbpo trains one environment model per seed from its own "
                             "interactions, so it runs one seed per command: pass a single --seed")
-        if self.config.mode == "behavioral-cloning" and self.config.use_env_model:
-            raise UserError("behavioral-cloning does not use an environment model: "
+        if not issubclass(spec.agent_class(), SAC) and self.config.use_env_model:
+            raise UserError(f"{spec.name} does not use an environment model: "
                             "drop --use_env_model")
-        if self.config.mode not in ONLINE_MODES and self.spec.dataset_name is None \
+        if not spec.online and self.spec.dataset_name is None \
                 and self.config.dataset is None:
             raise UserError(f"mode '{self.config.mode}' trains on a dataset, but "
                             f"'{self.config.env_name}' names none: use a D4RL name such as "
@@ -275,7 +279,7 @@ class Trainer:
         """The agent state of a run to start from; every member starts from it."""
         state = load_checkpoint(find_checkpoint(path))
         kind = agent_kind(self.config.mode)
-        if state.get("agent_kind") != kind or state.get("obs_dim") != self.obs_dim:
+        if not same_agent(state.get("agent_kind"), kind) or state.get("obs_dim") != self.obs_dim:
             raise UserError(f"pretrained agent {path} is a {state.get('agent_kind')} agent for "
                             f"obs_dim {state.get('obs_dim')}: pass a {kind} run of "
                             f"{self.config.env_name}")
@@ -350,8 +354,8 @@ class Trainer:
         penalty = torch.zeros(self.P, device=self.device)
         threshold = torch.full((self.P,), math.inf, device=self.device)
         max_reward = largest_reward(self.offline_dataset.rewards) if not self.online else 0.0
-        if mode.endswith("-penalty") or mode.endswith("-partitioning"):
-            field = "pessimism" if mode.endswith("-penalty") else "ood_threshold"
+        field = self.mode.pessimism_field
+        if field is not None:
             given, source = getattr(config, field), "flag"
             if given is None and tuned is not None:
                 given, source = (tuned.value,), "table"
@@ -359,12 +363,12 @@ class Trainer:
                 from offline_mbrl.models.statistics import uncertainty_statistics
 
                 stats = uncertainty_statistics(self.model, self.offline_dataset, self.model_path)
-                kind = stats[mode.split("-")[0]]
-                given = (fallback_pessimism(mode, kind, max_reward),)
+                assert self.mode.uncertainty is not None
+                given = (fallback_pessimism(mode, stats[self.mode.uncertainty], max_reward),)
                 source = "derived from the dataset's uncertainty statistics"
             values = self._per_member(field, given)
             self.resolved[field] = {"value": values.tolist(), "source": source}
-            if mode.endswith("-penalty"):
+            if self.mode.pessimism == "penalty":
                 penalty = values
             else:
                 threshold = values
@@ -529,7 +533,8 @@ class Trainer:
 
     def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse a checkpoint of another run, or a resume that changes fixed settings."""
-        if state.get("agent_kind") != self.kind or state.get("obs_dim") != self.obs_dim:
+        if not same_agent(state.get("agent_kind"), self.kind) \
+                or state.get("obs_dim") != self.obs_dim:
             raise UserError(f"checkpoint {path} belongs to another mode or environment: "
                             "start a new run with --overwrite")
         saved = state.get("config")

@@ -173,6 +173,7 @@ def _new_figure(show: bool) -> Any:
 def _run(args: argparse.Namespace, show: bool) -> list[Path]:
     from offline_mbrl import plotting
     from offline_mbrl.errors import UserError
+    from offline_mbrl.modes import pessimistic_modes
 
     logdir = Path(args.logdir)
     out = Path(args.out) if args.out is not None else logdir
@@ -189,7 +190,7 @@ def _run(args: argparse.Namespace, show: bool) -> list[Path]:
     if args.value is not None and len(args.value) > 1:
         raise UserError("--final_eval draws one column: pass a single --value")
     value = args.value[0] if args.value else plotting.SCORE_COLUMN
-    drawn = [*plotting.PESSIMISTIC_MODES, plotting.BASELINE_MODE]
+    drawn = [*pessimistic_modes(), plotting.BASELINE_MODE]
     labels: dict[str, str] = {}
     if args.legend is not None:
         if len(args.legend) not in (len(drawn) - 1, len(drawn)):

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from offline_mbrl.config import PESSIMISTIC_MODES
 from offline_mbrl.errors import UserError
+from offline_mbrl.modes import MODES, pessimistic_modes
 
 ROLLOUT_LENGTH_RANGE = (1, 20)
 """The seed's rollout lengths, both ends included."""
@@ -40,13 +40,15 @@ class Bounds:
 def pessimism_parameter(mode: str) -> str:
     """The configuration field a mode's pessimism is tuned through."""
     check_tunable_mode(mode)
-    return "pessimism" if mode.endswith("-penalty") else "ood_threshold"
+    field = MODES[mode].pessimism_field
+    assert field is not None
+    return field
 
 
 def check_tunable_mode(mode: str) -> None:
-    if mode not in PESSIMISTIC_MODES:
+    if mode not in pessimistic_modes():
         raise UserError(f"mode '{mode}' has no pessimism to tune: use one of "
-                        f"{', '.join(PESSIMISTIC_MODES)}")
+                        f"{', '.join(pessimistic_modes())}")
 
 
 def search_bounds(mode: str, stats: Mapping[str, Any],
