@@ -222,3 +222,11 @@ def test_mixed_precision_gradients_stay_close_to_float32():
         assert cosine > 0.995 and (g - r).norm() < 0.06 * r.norm()
     for name in ("LossQ", "LossPi", "QMean", "LogPi"):
         torch.testing.assert_close(got_metrics[name], ref_metrics[name], rtol=1e-2, atol=1e-3)
+
+
+def test_q_estimate_is_the_smaller_twin_of_the_environment_action():
+    agent = SAC(3, 2, -2 * torch.ones(2), 2 * torch.ones(2), (0, 1), SMALL)
+    batch = make_batch(2, obs_dim=3)
+    env_action = batch["action"] * 2  # in the [-2, 2] box
+    expected = agent.q_values(batch["obs"], batch["action"]).amin(dim=1)
+    torch.testing.assert_close(agent.q_estimate(batch["obs"], env_action), expected)

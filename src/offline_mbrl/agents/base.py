@@ -40,6 +40,16 @@ class Agent(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class CriticAgent(Agent, Protocol):
+    """An agent with a critic. Rollout penalties that read Q-values (MOBILE's Bellman
+    inconsistency, for one) take them through this method, never from the networks."""
+
+    def q_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``[P, B]`` Q-values of ``obs [P, B, obs_dim]`` and ``action [P, B, act_dim]``
+        (environment units), without gradient."""
+        ...
+
+
 class ActionScaler(torch.nn.Module):
     """Maps between the environment's action box and the agent's ``[-1, 1]`` box."""
 
