@@ -30,6 +30,7 @@ test: install render-deps
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/offline_mbrl
 
 clean:
 	rm -rf $(VENV) .pytest_cache

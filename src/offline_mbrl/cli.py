@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 
 from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
+from offline_mbrl.fields import parse_bool
 from offline_mbrl.files import write_failure
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 from offline_mbrl.modes import MODES
@@ -40,17 +42,6 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None:
             return action.help
         return super()._get_help_string(action)
-
-
-def parse_bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
 def _scalar_type(annotation: Any) -> tuple[Any, bool]:
@@ -101,6 +92,11 @@ def add_model_flags(parser: Any, model: type[BaseModel], skip: Sequence[str] = (
         parser.add_argument(f"--{prefix}{name}", **kwargs)
         names.append(name)
     return names
+
+
+def _act(agent: Any, obs: Any) -> Any:
+    """A loaded agent's deterministic actions for a batch of observations on its device."""
+    return agent.agent.act(obs.to(agent.device), deterministic=True)
 
 
 def run_main(body: Callable[[], int], interrupted: str = "interrupted") -> int:
@@ -289,7 +285,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent
                                 "pass a matching --env_name")
             result = evaluate_population(
                 env_name,
-                lambda obs, a=agent: a.agent.act(obs.to(a.device), deterministic=True),
+                partial(_act, agent),
                 n_members=1, episodes=args.episodes, seed=args.seed,
                 max_episode_length=args.max_episode_length)
             returns = result.returns[0]
@@ -305,7 +301,7 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent
             if args.render:
                 video = args.video or run_dir / "videos" / "eval.mp4"
                 with torch.no_grad():
-                    written = record_video(env_name, lambda o, a=agent: a.act(o), video,
+                    written = record_video(env_name, agent.act, video,
                                            seed=args.seed,
                                            max_episode_length=args.max_episode_length)
                 console.print(f"video: {written}")

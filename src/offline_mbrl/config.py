@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -19,19 +18,12 @@ from pydantic import (
 )
 
 from offline_mbrl.errors import UserError, validation_message
+from offline_mbrl.fields import Frozen, NonNegativeFloat, NonNegativeInt, PositiveInt
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 from offline_mbrl.modes import MODES, get_mode
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class AgentConfiguration(_Frozen):
+class AgentConfiguration(Frozen):
     """Hyperparameters of the SAC and behavioral-cloning agents (seed defaults)."""
 
     hidden_layers: PositiveInt = 4
@@ -67,7 +59,7 @@ class AgentConfiguration(_Frozen):
         return value
 
 
-class TrainerConfiguration(_Frozen):
+class TrainerConfiguration(Frozen):
     """Everything a training run needs; written to ``config.json`` in each run directory."""
 
     env_name: str = "hopper-medium-replay-v2"

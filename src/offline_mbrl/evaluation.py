@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -156,11 +157,12 @@ def evaluate_population(
     active = np.ones(n_envs, dtype=bool)
     envs = make_vector_env(env_name, n_envs)
     try:
-        seeds = [seed * SEED_STRIDE + e for _ in range(n_members) for e in range(episodes)]
+        seeds: list[int | None] = [seed * SEED_STRIDE + e for _ in range(n_members)
+                                   for e in range(episodes)]
         obs, _ = envs.reset(seed=seeds)
         obs = np.array(obs, dtype=np.float32)
         obs_dim = obs.shape[-1]
-        act_shape = (n_members, episodes, *envs.single_action_space.shape)
+        act_shape = (n_members, episodes, *(envs.single_action_space.shape or ()))
         for _ in range(max_episode_length):
             obs_t = torch.from_numpy(obs).to(device).reshape(n_members, episodes, obs_dim)
             with torch.no_grad():
@@ -270,7 +272,7 @@ def record_video(
                 writer.append(first_frame)
                 for _ in range(max_episode_length):
                     obs, _, terminated, truncated, _ = env.step(policy_single(obs))
-                    writer.append(env.render())
+                    writer.append(np.asarray(env.render()))
                     if terminated or truncated:
                         break
             os.replace(tmp, path)
@@ -284,7 +286,7 @@ def record_video(
 def _render_first_frame(env: gym.Env, gym_id: str) -> np.ndarray:
     """The first ``render()``, which creates the OpenGL context; failures become UserErrors."""
     try:
-        return env.render()
+        return np.asarray(env.render())
     except gym.error.DependencyNotInstalled as err:
         raise UserError(f"cannot render {gym_id}: {err}") from err
     except Exception as err:
@@ -302,7 +304,7 @@ class _Mp4Writer:
 
     def __init__(self, path: Path, fps: float) -> None:
         self._path, self._fps = path, fps
-        self._writer = None
+        self._writer: Any = None
 
     def __enter__(self) -> _Mp4Writer:
         return self

@@ -104,7 +104,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None],
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """:func:`atomic_write` of ``data``."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data), expected_bytes=len(data))
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return atomic_write(path, write, expected_bytes=len(data))
 
 
 def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:

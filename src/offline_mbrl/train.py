@@ -138,7 +138,7 @@ class Trainer:
         self.progress = progress
         self._check_mode()
 
-        probe = make_env(config.env_name)
+        probe: Any = make_env(config.env_name)
         self.obs_dim = int(np.prod(probe.observation_space.shape))
         self.act_dim = int(np.prod(probe.action_space.shape))
         self.action_low = torch.as_tensor(probe.action_space.low, dtype=torch.float32)

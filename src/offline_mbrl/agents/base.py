@@ -57,6 +57,8 @@ class ActionScaler(torch.nn.Module):
         super().__init__()
         low = torch.as_tensor(low, dtype=torch.float32)
         high = torch.as_tensor(high, dtype=torch.float32)
+        self.center: torch.Tensor
+        self.scale: torch.Tensor
         self.register_buffer("center", (high + low) / 2)
         self.register_buffer("scale", (high - low) / 2)
 

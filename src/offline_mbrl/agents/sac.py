@@ -256,7 +256,7 @@ class SAC(nn.Module):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def adam_implementation(device: torch.device) -> dict[str, bool]:
+def adam_implementation(device: torch.device) -> dict[str, Any]:
     """Adam's fused kernel where torch has one for ``device``, else its foreach path."""
     if device.type in ("cpu", "cuda", "mps", "xpu"):
         return {"fused": True}

@@ -332,6 +332,7 @@ def _family(env_name: str) -> str:
 def _run_settings(family: str, role: str, seed: int, options: SACCollectionOptions
                   ) -> dict[str, Any]:
     """The settings that identify a policy run (compared when deciding to reuse one)."""
+    target: float | None
     if role == "medium":
         budget, target = options.max_train_steps, options.target_score
     else:

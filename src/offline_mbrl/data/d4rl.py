@@ -47,7 +47,7 @@ def is_published_d4rl(dataset: OfflineDataset, name: str | None) -> bool:
     carries no ``protocol`` of this library's own recorders (``ombrl datasets collect``).
     """
     rows = PUBLISHED_ROWS.get(name or "")
-    if rows is None or "protocol" in dataset.metadata:
+    if rows is None or name is None or "protocol" in dataset.metadata:
         return False
     if not rows - _PUBLISHED_ROWS_SLACK <= len(dataset) <= rows:
         return False

@@ -24,6 +24,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -63,7 +64,7 @@ def check_hdf5(path: Path, url: str) -> None:
         )
 
 
-def _attempt(url: str, part: Path, progress: Progress | None, task: int | None,
+def _attempt(url: str, part: Path, progress: Progress | None, task: TaskID | None,
              timeout: float) -> None:
     """One request, appending to ``part``; raises :class:`_TransferCut` on a short transfer."""
     offset = part.stat().st_size if part.exists() else 0
@@ -152,7 +153,7 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
     fix = hint or _default_hint()
     bar: Progress | None = None
-    task: int | None = None
+    task: TaskID | None = None
     if progress:
         bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),

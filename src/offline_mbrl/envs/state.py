@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 
-def _time_limit(env: gym.Env) -> Any:
+def _time_limit(env: Any) -> Any:
     while env is not None:
         if isinstance(env, gym.wrappers.TimeLimit):
             return env
@@ -33,7 +33,7 @@ def _time_limit(env: gym.Env) -> Any:
 
 def episode_state(env: gym.Env) -> dict[str, Any] | None:
     """What the next steps of ``env``'s current episode depend on, or ``None`` if unknown."""
-    core = env.unwrapped
+    core: Any = env.unwrapped
     state: dict[str, Any] = {}
     data = getattr(core, "data", None)
     if data is not None and hasattr(core, "set_state"):
@@ -53,7 +53,7 @@ def episode_state(env: gym.Env) -> dict[str, Any] | None:
 
 def restore_episode(env: gym.Env, state: dict[str, Any]) -> None:
     """Put ``env`` (already reset once) back into the episode ``state`` describes."""
-    core = env.unwrapped
+    core: Any = env.unwrapped
     if "qpos" in state:
         core.set_state(state["qpos"].numpy(), state["qvel"].numpy())
         core.data.time = state["time"]

@@ -300,7 +300,7 @@ class EnvironmentModel(nn.Module):
         if n_hidden_layers < 0:
             raise ValueError("n_hidden_layers must be >= 0")
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        self.type: ModelType = type
+        self.type: ModelType = type  # type: ignore[assignment]  # nn.Module.type is a method
         self.n_networks = int(n_networks)
         self.n_hidden_layers = int(n_hidden_layers)
         self.n_hidden_units = int(n_hidden_units)

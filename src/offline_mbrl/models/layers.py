@@ -128,7 +128,8 @@ class BatchedMLP(nn.Module):
         if (dtype is None or dtype == x.dtype) and not frozen:
             return self.net(x)
         h = x if dtype is None else x.to(dtype)
-        *hidden, output = self.net
+        *hidden, output = list(self.net)
+        assert isinstance(output, BatchedLinear)
         for module in hidden:
             if isinstance(module, BatchedLinear):
                 h = affine(h, _param(module.weight, h.dtype, frozen),

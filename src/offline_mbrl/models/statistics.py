@@ -32,8 +32,8 @@ def compute_uncertainty_statistics(model: EnvironmentModel, dataset: OfflineData
     """
     stats: dict[str, Any] = {}
     for kind in ("aleatoric", "epistemic"):
-        u = dataset_uncertainty(model, dataset.observations, dataset.actions, kind)
-        u = u.double().cpu().numpy()
+        u = dataset_uncertainty(model, dataset.observations, dataset.actions, kind
+                                ).double().cpu().numpy()
         stats[kind] = {"mean": float(u.mean()), "std": float(u.std()),
                        "p99": float(np.quantile(u, 0.99)), "max": float(u.max())}
     stats["max_reward"] = largest_reward(dataset.rewards)

@@ -21,24 +21,21 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.errors import NonFiniteError, UserError, validation_message
+from offline_mbrl.fields import Frozen, PositiveInt
 from offline_mbrl.models.ensemble import EnsembleOutput, EnvironmentModel
 from offline_mbrl.runtime import keep_freed_memory
-
-PositiveInt = Annotated[int, Field(gt=0)]
 
 # Validation chunks: tensors of [E, 2048, 200] stay in cache and well below glibc's 32 MB
 # mmap threshold (bigger ones are page-faulted in afresh on every allocation).
 _VALIDATION_CHUNK = 2048
 
 
-class EnvironmentModelConfiguration(BaseModel):
+class EnvironmentModelConfiguration(Frozen):
     """Architecture and training of the environment model (seed defaults)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     type: Literal["probabilistic", "deterministic"] = "probabilistic"
     """probabilistic: Gaussian outputs trained with the negative log-likelihood;
@@ -140,9 +137,12 @@ def split_indices(
 def _without_resets(indices: torch.Tensor, dataset: OfflineDataset) -> torch.Tensor:
     """``indices`` less the rows whose next observation belongs to another episode."""
     resets = dataset.metadata.get("reset_next_observation_rows")
-    if resets is None or len(np.atleast_1d(resets)) == 0:
+    if resets is None:
         return indices
-    drop = torch.as_tensor(np.atleast_1d(np.asarray(resets, dtype=np.int64)))
+    rows = np.atleast_1d(np.asarray(resets, dtype=np.int64))
+    if rows.size == 0:
+        return indices
+    drop = torch.as_tensor(rows)
     return indices[~torch.isin(indices, drop)]
 
 

@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_TRUE = ("true", "1", "yes", "y", "on")
-_FALSE = ("false", "0", "no", "n", "off")
 _NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 
@@ -37,16 +35,6 @@ def _ensure_importable() -> None:
         import offline_mbrl  # noqa: F401
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-
-def parse_bool(text: str) -> bool:
-    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case) -> bool."""
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _positive_int(text: str) -> int:
@@ -61,6 +49,9 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
+    _ensure_importable()  # run as a file, the package may not be on the path yet
+    from offline_mbrl.fields import parse_bool
+
     parser = argparse.ArgumentParser(
         prog="plot.py",
         description="Plot learning curves, or the final-evaluation figure and score tables, "
