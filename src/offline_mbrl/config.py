@@ -42,9 +42,8 @@ class AgentConfiguration(Frozen):
     """Transitions per gradient step and member."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """SAC networks' hidden layers, in updates and when acting: float32, or bfloat16 (mixed
-    precision: weights, Adam, output layers, losses and TD targets stay float32). On CPUs
-    with AVX-512 BF16 six seeds update 1.4x faster (1.8x with --compile); one seed gains
-    only with --compile."""
+    precision: weights, Adam, output layers, losses and TD targets stay float32). Faster on
+    hardware with fast bf16 products; see benchmarks/README.md."""
 
     @field_validator("alpha", mode="before")
     @classmethod

@@ -106,8 +106,7 @@ class RolloutBatch:
 
 ROLLOUT_CHUNK = 2048
 """Rows (starts summed over members) that go through the model together. A few thousand
-keep the ensemble's activations cache-resident (measured on a 2-core CPU: 50k × 5 steps
-ran fastest between 512 and 2048 rows per call). Every random draw is addressed by
+keep the ensemble's activations cache-resident. Every random draw is addressed by
 ``(member, step, start)``, so the chunking never changes what a member sees."""
 
 _DRAWS_PER_STEP = 3  # policy noise, ensemble member choice, model noise

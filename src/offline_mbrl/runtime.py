@@ -9,9 +9,9 @@ avoids most of the fight; ``benchmarks/oversubscription.py`` measures the polici
 and beside a busy neighbour.
 
 glibc hands large freed blocks straight back to the kernel, so a training step that
-allocates a few megabytes of activations page-faults on every step (measured: about 430
-minor faults and 1 ms of system time per population-of-6 SAC update on 2 cores). Raising
-the mmap and trim thresholds keeps that memory in the process and the faults go away.
+allocates a few megabytes of activations page-faults on every step. Raising the mmap and
+trim thresholds keeps that memory in the process; it is off by default because the same-run
+A/B showed no end-to-end gain (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     """``x [G, B, in] @ weight [G, in, out] + bias [G, 1, out]``, as one ``baddbmm``."""
     if _narrow(weight.shape[2], weight.shape[1]):
         # out^T = W^T x^T: CPU BLAS is slow on [B, in] x [in, out] for a handful of
-        # outputs (6 GFLOP/s for 64 -> 2), fast with the long side as columns (5.8x).
+        # outputs and fast with the long side as columns.
         return torch.baddbmm(bias.transpose(1, 2), weight.transpose(1, 2),
                              x.transpose(1, 2)).transpose(1, 2)
     if torch.compiler.is_compiling():

@@ -68,8 +68,8 @@ class EnvironmentModelConfiguration(Frozen):
     device: str = "cpu"
     """Torch device: cpu, cuda or cuda:N."""
     precision: Literal["float32", "bfloat16"] = "float32"
-    """Matrix products during training: float32, or bfloat16 under autocast (about 1.6x faster
-    on CPUs with AVX512-BF16 and on GPUs, much slower on CPUs without it); weights, loss and
+    """Matrix products during training: float32, or bfloat16 under autocast (faster on CPUs
+    with AVX512-BF16 and on GPUs, much slower on CPUs without it); weights, loss and
     validation stay float32."""
 
     @model_validator(mode="after")
