@@ -1,18 +1,30 @@
-"""Contract shared by every agent: batched update, metrics, save -> load gives identical actions."""
+"""Contract shared by every agent of the mode registry: batched update, metrics, save -> load
+gives identical actions and identical next updates."""
 
 import pytest
 import torch
 
 from offline_mbrl import load_agent
-from offline_mbrl.agents import SAC, BehavioralCloning, split_member_state, stack_member_states
+from offline_mbrl.agents import split_member_state, stack_member_states
 from offline_mbrl.config import AgentConfiguration
+from offline_mbrl.modes import MODES
 from offline_mbrl.rng import PopulationRNG
 
 SMALL = AgentConfiguration(hidden_layers=2, hidden_units=16)
-MIXED = SMALL.model_copy(update={"precision": "bfloat16"})
-AGENTS = [pytest.param(SAC, SMALL, id="sac"),
-          pytest.param(SAC, MIXED, id="sac-bfloat16"),
-          pytest.param(BehavioralCloning, SMALL, id="bc")]
+
+
+def registry_agents() -> list:
+    """One case per agent class of the registered modes and precision it supports."""
+    cases = {}
+    for spec in MODES.values():
+        for precision in spec.precisions:
+            cases.setdefault((spec.agent, precision), pytest.param(
+                spec.agent_class(), SMALL.model_copy(update={"precision": precision}),
+                id=f"{spec.agent.rsplit(':', 1)[1]}-{precision}"))
+    return list(cases.values())
+
+
+AGENTS = registry_agents()
 
 
 def batch(P, B=16):
@@ -47,8 +59,10 @@ def test_save_load_identical_actions(cls, config, tmp_path):
     assert torch.equal(agent.act(obs), restored.act(obs))
     # Training continues identically too (optimizer state restored).
     rng_a, rng_b = PopulationRNG((4, 5)), PopulationRNG((4, 5))
-    agent.update(batch(2), rng_a)
-    restored.update(batch(2), rng_b)
+    for _ in range(3):
+        metrics_a = agent.update(batch(2), rng_a)
+        metrics_b = restored.update(batch(2), rng_b)
+        assert all(torch.equal(metrics_a[k], metrics_b[k]) for k in metrics_a)
     assert torch.equal(agent.act(obs), restored.act(obs))
 
 
