@@ -77,7 +77,7 @@ def test_every_mode_runs(mode, dirs):
     online = mode in ("sac", "mbpo")
     assert (rows[0]["TotalEnvInteracts"] > 0) == online  # offline modes never step the env
     if mode == "behavioral-cloning":
-        assert isinstance(trainer.agent, BehavioralCloning) and trainer.virtual is None
+        assert isinstance(trainer.agent, BehavioralCloning) and trainer.synthetic is None
     if mode in ("mbpo",) or mode.endswith(("penalty", "partitioning")):
         assert trainer.pessimism is not None and "RolloutLength" in rows[0]
         expected = "none" if mode == "mbpo" else mode.split("-")[1]

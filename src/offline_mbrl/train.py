@@ -202,18 +202,18 @@ class Trainer:
         else:
             self.dataset = DatasetSampler(dataset_rows)
 
-        self.virtual: PopulationBuffer | None = None
+        self.synthetic: PopulationBuffer | None = None
         self.pessimism: Pessimism | None = None
         self.resolved: dict[str, dict[str, Any]] = {}
         """Values the configuration leaves open, with where each came from (config.json)."""
         if self.model_based:
-            self.virtual = PopulationBuffer(self.P, config.virtual_buffer_size, self.layout,
+            self.synthetic = PopulationBuffer(self.P, config.virtual_buffer_size, self.layout,
                                             self.device)
             if self.model is not None:
                 self.pessimism = self._resolve_pessimism()
         self.rollout_stats: dict[str, torch.Tensor] = {}
         self.rollout_rounds = 0
-        self._virtual_empty = True
+        self._synthetic_empty = True
         self._resumed_episodes: list[dict[str, Any]] | None = None
 
         if pretrained is not None:
@@ -381,7 +381,7 @@ class Trainer:
 
     def _rollout_round(self, start_source: Callable[[int], torch.Tensor]) -> None:
         """Generate ``n_parallel_virtual_rollouts × rollout_every`` transitions per member."""
-        assert self.pessimism is not None and self.virtual is not None
+        assert self.pessimism is not None and self.synthetic is not None
         samples = self.config.n_parallel_virtual_rollouts * self.config.rollout_every
         lengths = self.pessimism.rollout_length
         n_active = torch.div(samples + lengths - 1, lengths, rounding_mode="floor")
@@ -397,34 +397,34 @@ class Trainer:
         batch = rollout(self._rollout_model[1], self.agent, start_obs, self.pessimism,
                         self.layout, self.rngs["rollout"], n_active=n_active, dtype=dtype,
                         step_fn=self._rollout_step)
-        self.virtual.add(batch.rows, batch.valid)
-        self._virtual_empty = False
+        self.synthetic.add(batch.rows, batch.valid)
+        self._synthetic_empty = False
         for key, value in batch.stats.items():
             self.rollout_stats[key] = self.rollout_stats.get(key, 0) + value
         self.rollout_rounds += 1
 
     def _rollout_due(self) -> bool:
-        # A host-side flag, not virtual.size: reading a device tensor each step would sync.
-        return self._virtual_empty or self.total_updates % self.config.rollout_every == 0
+        # A host-side flag, not synthetic.size: reading a device tensor each step would sync.
+        return self._synthetic_empty or self.total_updates % self.config.rollout_every == 0
 
     def _batch_split(self) -> tuple[int, int]:
         """``(real, synthetic)`` rows per batch: ``real_ratio`` real, the rest synthetic."""
         batch_size = self.config.agent.batch_size
-        if not self.model_based or self.virtual is None:
+        if not self.model_based or self.synthetic is None:
             return batch_size, 0
         n_real = round(self.config.real_ratio * batch_size)
         return n_real, batch_size - n_real
 
     def _mixed_source(self, real: Callable[[int], torch.Tensor]) -> Callable[[], torch.Tensor]:
         """One batch per call: ``real_ratio`` real rows and the rest from the synthetic buffer."""
-        n_real, n_virtual = self._batch_split()
-        virtual = self.virtual
+        n_real, n_synthetic = self._batch_split()
+        synthetic = self.synthetic
         rng = self.rngs["data"]
-        if n_virtual == 0 or virtual is None:
+        if n_synthetic == 0 or synthetic is None:
             return lambda: real(n_real)
         if n_real == 0:
-            return lambda: virtual.sample(n_virtual, rng)
-        return lambda: torch.cat([real(n_real), virtual.sample(n_virtual, rng)], dim=1)
+            return lambda: synthetic.sample(n_synthetic, rng)
+        return lambda: torch.cat([real(n_real), synthetic.sample(n_synthetic, rng)], dim=1)
 
     def _batch_block(self, n_updates: int) -> torch.Tensor:
         """``[n_updates, P, B, F]`` offline batches drawn and gathered at once.
@@ -434,19 +434,19 @@ class Trainer:
         instead of a dozen small operators per update.
         """
         assert self.dataset is not None
-        n_real, n_virtual = self._batch_split()
+        n_real, n_synthetic = self._batch_split()
         rng = self.rngs["data"]
         # Update-major and freshly laid out, so that every batch is contiguous with the same
         # strides whatever the block length (a compiled update is specialised on them).
-        block = torch.empty(n_updates, self.P, n_real + n_virtual, self.layout.width,
+        block = torch.empty(n_updates, self.P, n_real + n_synthetic, self.layout.width,
                             device=self.device)
         if n_real:
             block[:, :, :n_real] = self.dataset.sample(n_updates * n_real, rng).view(
                 self.P, n_updates, n_real, -1).transpose(0, 1)
-        if n_virtual:
-            assert self.virtual is not None
-            block[:, :, n_real:] = self.virtual.sample(n_virtual * n_updates, rng).view(
-                self.P, n_updates, n_virtual, -1).transpose(0, 1)
+        if n_synthetic:
+            assert self.synthetic is not None
+            block[:, :, n_real:] = self.synthetic.sample(n_synthetic * n_updates, rng).view(
+                self.P, n_updates, n_synthetic, -1).transpose(0, 1)
         return block
 
     def _retrain_online_model(self) -> None:
@@ -473,9 +473,9 @@ class Trainer:
         self.model = self.model.to(self.device)
         if self.pessimism is None:
             self.pessimism = self._resolve_pessimism()
-        if self.config.reset_virtual_buffer_after_env_model_training and self.virtual is not None:
-            self.virtual.clear()
-            self._virtual_empty = True
+        if self.config.reset_virtual_buffer_after_env_model_training and self.synthetic is not None:
+            self.synthetic.clear()
+            self._synthetic_empty = True
 
     # ------------------------------------------------------------------ state
     def member_state(self, member: int) -> dict[str, Any]:
@@ -497,9 +497,9 @@ class Trainer:
         }
         if self.replay is not None:
             state["replay"] = self.replay.member_state(member)
-        if self.virtual is not None:
-            state["synthetic"] = self.virtual.member_state(member)
-            state["synthetic_empty"] = self._virtual_empty
+        if self.synthetic is not None:
+            state["synthetic"] = self.synthetic.member_state(member)
+            state["synthetic_empty"] = self._synthetic_empty
         if self.online and self._envs is not None:
             episode = episode_state(self._envs.envs[member])
             if episode is not None:
@@ -567,9 +567,9 @@ class Trainer:
         self.total_updates = states[0]["counters"]["total_updates"]
         if self.replay is not None:
             self.replay.load_member_states([s["replay"] for s in states])
-        if self.virtual is not None:
-            self.virtual.load_member_states([s["synthetic"] for s in states])
-            self._virtual_empty = bool(states[0]["synthetic_empty"])
+        if self.synthetic is not None:
+            self.synthetic.load_member_states([s["synthetic"] for s in states])
+            self._synthetic_empty = bool(states[0]["synthetic_empty"])
         if self.online and all("episode" in s for s in states):
             self._resumed_episodes = [s["episode"] for s in states]
         if "model" in states[0]:
