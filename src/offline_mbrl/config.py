@@ -44,6 +44,14 @@ class AgentConfiguration(Frozen):
     """SAC networks' hidden layers, in updates and when acting: float32, or bfloat16 (mixed
     precision: weights, Adam, output layers, losses and TD targets stay float32). Faster on
     hardware with fast bf16 products; see benchmarks/README.md."""
+    cql_weight: NonNegativeFloat = 5.0
+    """cql: α_cql, the weight of the conservative critic term (the CQL paper's code uses 5.0
+    on the D4RL locomotion datasets)."""
+    cql_n_actions: PositiveInt = 10
+    """cql: actions sampled per state from each proposal (uniform, policy at s, policy at
+    s') to estimate the log-sum-exp over actions (paper: 10)."""
+    cql_temperature: Annotated[float, Field(gt=0)] = 1.0
+    """cql: temperature T of the log-sum-exp (paper: 1.0)."""
 
     @field_validator("alpha", mode="before")
     @classmethod

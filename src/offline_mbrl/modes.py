@@ -135,3 +135,6 @@ for _kind, _what in (("penalty", "reward minus λ × uncertainty (MOPO-style)"),
                           pessimism=_kind, uncertainty=_uncertainty,  # type: ignore[arg-type]
                           summary=f"offline SAC on model rollouts: {_what}, "
                                   f"{_uncertainty} uncertainty"))
+# Beyond the seed.
+register(ModeSpec("cql", "offline_mbrl.agents.cql:CQL", online=False, default_updates=1_000_000,
+                  summary="conservative Q-learning, CQL(H) on SAC (Kumar et al., 2020)"))

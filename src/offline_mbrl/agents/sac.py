@@ -133,8 +133,8 @@ class SAC(nn.Module):
             trained.append(self.log_alpha)
         self.optimizer = torch.optim.Adam(trained, lr=config.lr,
                                           **adam_implementation(self.log_alpha.device))
-        self._losses: Callable[[SAC, Batch, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
-        self._losses = sac_losses
+        self._losses: Callable[[SAC, Batch, torch.Tensor, dict[str, torch.Tensor]],
+                               tuple[torch.Tensor, dict[str, Any]]] = sac_losses
 
     def compile_update(self, compile_fn: Callable[[Any], Any]) -> None:
         """Run the loss computation of :meth:`update` (forward and backward) through
@@ -142,11 +142,11 @@ class SAC(nn.Module):
         step stays eager."""
         compiled = compile_fn(sac_losses)
 
-        def losses(agent: SAC, batch: Batch, noise: torch.Tensor
-                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+        def losses(agent: SAC, batch: Batch, noise: torch.Tensor,
+                   extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
             # Columns of packed rows are strided views; inductor's kernels run slower on
             # them than on contiguous copies, which cost a few microseconds.
-            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, noise)
+            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, noise, extra)
 
         self._losses = losses
 
@@ -226,7 +226,7 @@ class SAC(nn.Module):
         """
         B = batch["obs"].shape[1]
         noise = rng.block_normal(rng.next_draw(), 0, 2 * B, self.act_dim)
-        loss, metrics = self._losses(self, batch, noise)
+        loss, metrics = self._losses(self, batch, noise, self.extra_noise(rng, B))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -235,6 +235,19 @@ class SAC(nn.Module):
                                       self.critic.parameters(), strict=True):
                 target.lerp_(online, 1.0 - self.config.polyak)
         return metrics
+
+    # ------------------------------------------------- hooks for SAC-based methods
+    def extra_noise(self, rng: PopulationRNG, batch_size: int) -> dict[str, torch.Tensor]:
+        """Random draws a subclass's :meth:`critic_regularizer` needs, drawn outside the
+        (possibly compiled) loss computation; SAC needs none."""
+        return {}
+
+    def critic_regularizer(self, batch: Batch, q: torch.Tensor,
+                           extra: dict[str, torch.Tensor]
+                           ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """A ``[P]`` term added to the critic loss, given the critic's ``q [P, 2, B]`` at
+        the batch's actions, and its ``[P]`` metrics; SAC adds nothing (``None``)."""
+        return None, {}
 
     # ----------------------------------------------------------------- state
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
@@ -263,12 +276,14 @@ def adam_implementation(device: torch.device) -> dict[str, Any]:
     return {"foreach": True}
 
 
-def sac_losses(agent: SAC, batch: Batch, noise: torch.Tensor
+def sac_losses(agent: SAC, batch: Batch, noise: torch.Tensor,
+               extra: dict[str, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The sum over members of the critic, policy and temperature losses, and metrics.
 
     Shapes: ``P`` members, ``B`` rows; ``noise [P, 2B, act_dim]`` standard normal (rows
-    ``:B`` for the policy at ``obs``, ``B:`` for the target at ``next_obs``).
+    ``:B`` for the policy at ``obs``, ``B:`` for the target at ``next_obs``); ``extra``:
+    the draws of :meth:`SAC.extra_noise` for :meth:`SAC.critic_regularizer`.
 
     Returns:
         The scalar loss to differentiate, and the ``[P]`` metrics of :meth:`SAC.update`.
@@ -292,6 +307,7 @@ def sac_losses(agent: SAC, batch: Batch, noise: torch.Tensor
     # The policy loss reaches the critic's input only: its parameters enter detached.
     q_new = agent.q_values(obs, new_action, frozen=True)
     loss_q = critic_loss(q, target)
+    regularizer, regularizer_metrics = agent.critic_regularizer(batch, q, extra or {})
     loss_pi = actor_loss(q_new, log_prob_new, alpha)
     loss_alpha = (alpha_loss(agent.log_alpha, log_prob_new, agent.target_entropy)
                   if agent.auto_alpha else torch.zeros_like(loss_pi))
@@ -302,5 +318,9 @@ def sac_losses(agent: SAC, batch: Batch, noise: torch.Tensor
         "Alpha": alpha[:, 0],
         "QMean": q.detach().mean(dim=(1, 2)),
         "LogPi": log_prob_new.detach().mean(dim=1),
+        **regularizer_metrics,
     }
-    return (loss_q + loss_pi + loss_alpha).sum(), metrics
+    total = loss_q + loss_pi + loss_alpha
+    if regularizer is not None:
+        total = total + regularizer
+    return total.sum(), metrics
