@@ -190,7 +190,8 @@ def seed_scores(unit: Unit, args: argparse.Namespace) -> tuple[np.ndarray, list[
         # budget asked for, so that one set of runs serves tables of several budgets.
         score = np.asarray(progress.get("NormalizedTestScore", []), dtype=float)[:args.epochs]
         updates = np.asarray(progress.get("TotalUpdates", []), dtype=float)[:args.epochs]
-        if score.size:
+        # A run short of the budget (stopped, or still training) is left out of the table.
+        if score.size == args.epochs:
             finals.append(float(score[-args.last_k:].mean()))
             curves.append(np.stack([updates, score]))
     return np.asarray(finals), curves
