@@ -1,5 +1,6 @@
 """Writes that fail cleanly: full disks, read-only places, and the mode of written files."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,29 +17,30 @@ from offline_mbrl.errors import UserError
 from offline_mbrl.files import write_json_atomic
 
 
-def _mount_tmpfs(path: Path, options: str) -> bool:
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str, what: str):
+    """A tmpfs mounted at ``path`` for the test's duration; skips where mounting fails."""
     path.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                             capture_output=True)
-    return result.returncode == 0
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount {what} here (needs root and mount permission)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 @pytest.fixture()
 def small_disk(tmp_path):
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "size=3m"):
-        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=False)
+    with _tmpfs(tmp_path / "disk", "size=3m", "a small tmpfs") as disk:
+        yield disk
 
 
 @pytest.fixture()
 def read_only_dir(tmp_path):
-    place = tmp_path / "ro"
-    if not _mount_tmpfs(place, "size=1m,ro"):
-        pytest.skip("cannot mount a read-only tmpfs here (needs root and mount permission)")
-    yield place
-    subprocess.run(["umount", str(place)], check=False)
+    with _tmpfs(tmp_path / "ro", "size=1m,ro", "a read-only tmpfs") as place:
+        yield place
 
 
 def test_written_files_get_the_mode_a_plain_open_gives(tmp_path):
