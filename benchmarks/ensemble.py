@@ -90,35 +90,6 @@ class LoopEnsemble(nn.Module):
         return [self.member(e, x) for e in range(len(self.dynamics))]
 
 
-class UnbalancedEnsemble(nn.Module):
-    """The batched ensemble with every layer as one batched product, as before 2026-12-01.
-
-    ``models.layers`` splits a float32 CPU product over an odd number of members into a
-    batched product over an even number and one multi-threaded product (7 members on 2
-    threads ran as 4 + 3). This reference switches that off during its own calls, so that
-    ``--reference unbalanced`` measures the split alone.
-    """
-
-    def __init__(self, n_networks: int) -> None:
-        super().__init__()
-        self.model = EnvironmentModel(OBS_DIM, ACT_DIM, n_networks=n_networks)
-
-    def _unbalanced(self, fn: Callable[[], object]):
-        # The layers no longer balance products over threads: the reference is the same.
-        return fn()
-
-    def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        def run() -> torch.Tensor:
-            total, _ = self.model.loss(self.model.forward_normalized(x), target[:, :OBS_DIM],
-                                       target[:, OBS_DIM])
-            total.backward()  # inside, as the forward: both without the split
-            return total.detach().requires_grad_()
-        return self._unbalanced(run)
-
-    def predict(self, x: torch.Tensor) -> object:
-        return self._unbalanced(lambda: self.model.forward_normalized(x))
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -143,10 +114,9 @@ def timed_pair(first: Callable[[], object], second: Callable[[], object],
 
 
 def bench_device(device: torch.device, n_networks: int, batch: int,
-                 predict_batches: list[int], steps: int, reference: str = "loop"
-                 ) -> list[tuple[str, float, float]]:
-    """``[(what, batched samples/s, reference samples/s)]`` for training and prediction;
-    the reference is :class:`LoopEnsemble` or :class:`UnbalancedEnsemble`."""
+                 predict_batches: list[int], steps: int) -> list[tuple[str, float, float]]:
+    """``[(what, batched samples/s, loop samples/s)]`` for training and prediction, against
+    :class:`LoopEnsemble`."""
     torch.manual_seed(0)
     n_in = OBS_DIM + ACT_DIM
     data_x = torch.randn(steps * batch, n_in, device=device)
@@ -155,7 +125,7 @@ def bench_device(device: torch.device, n_networks: int, batch: int,
     batched = EnvironmentModel(OBS_DIM, ACT_DIM, n_networks=n_networks).to(device)
     fused = device.type in ("cpu", "cuda")
     opt_b = torch.optim.Adam(batched.parameters(), lr=1e-3, fused=fused)
-    loop = (LoopEnsemble if reference == "loop" else UnbalancedEnsemble)(n_networks).to(device)
+    loop = LoopEnsemble(n_networks).to(device)
     opt_l = torch.optim.Adam(loop.parameters(), lr=1e-3, fused=fused)
 
     def train_batched() -> None:
@@ -171,8 +141,7 @@ def bench_device(device: torch.device, n_networks: int, batch: int,
             x, y = data_x[i * batch:(i + 1) * batch], data_y[i * batch:(i + 1) * batch]
             opt_l.zero_grad(set_to_none=True)
             loss = loop.loss(x, y)
-            if isinstance(loop, LoopEnsemble):  # the unbalanced one ran its backward inside
-                loss.backward()
+            loss.backward()
             opt_l.step()
 
     rows = []
@@ -230,31 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch", action="store_true",
                         help="also time one training epoch on 200k transitions")
     parser.add_argument("--epoch_size", type=int, default=200_000)
-    parser.add_argument("--reference", choices=["loop", "unbalanced"], default="loop",
-                        help="compare against a per-member loop, or against the batched "
-                             "ensemble without the thread-balanced products")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    from offline_mbrl.runtime import keep_freed_memory
-
-    # As the trainer and model training do: without it, every freed block of the batched
-    # side (a [7, 2048, 200] activation is 11 MB) goes back to the OS and the next one
-    # page-faults, a cost the loop's smaller blocks do not pay.
-    keep_freed_memory()
     print(f"# {dt.date.today().isoformat()} · torch {torch.__version__} · "
           f"{platform.processor() or platform.machine()} · {torch.get_num_threads()} CPU threads"
           f" · load average {os.getloadavg()[0]:.2f} · E={args.n_networks}, hopper dims "
           f"({OBS_DIM}+{ACT_DIM}), dynamics 4×200, reward 4×64")
-    ref = args.reference
+    ref = "loop"
     print(f"| device | what | batched samples/s | {ref} samples/s | batched / {ref} |")
     print("|---|---|---:|---:|---:|")
     for name in devices:
         device = torch.device(name)
         label = name if device.type == "cpu" else torch.cuda.get_device_name(device)
         for what, b, loop in bench_device(device, args.n_networks, args.batch,
-                                          args.predict_batch, args.steps, ref):
+                                          args.predict_batch, args.steps):
             print(f"| {label} | {what} | {b:,.0f} | {loop:,.0f} | {b / loop:.2f}× |", flush=True)
         if args.epoch:
             result = epoch_time(name, args.epoch_size)

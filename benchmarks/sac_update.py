@@ -39,7 +39,6 @@ from offline_mbrl.agents.sac import SAC
 from offline_mbrl.compiling import compiler
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.rng import PopulationRNG
-from offline_mbrl.runtime import keep_freed_memory
 
 OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
 HIDDEN = (128, 128, 128, 128)
@@ -275,7 +274,6 @@ def main() -> None:
                         help="also print torch.profiler's top operators of the batched update")
     args = parser.parse_args()
     device = torch.device(args.device)
-    keep_freed_memory()  # as the trainer does
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     sizes = args.sizes or ([1, 6, 32] if device.type == "cuda" else [1, 6])
