@@ -111,6 +111,7 @@ def test_rollouts_start_from_dataset_states(dirs, hopper_dataset, monkeypatch):
 def test_tuned_table_and_flags(dirs, hopper_dataset, monkeypatch):
     # A file that carries a D4RL name but was recorded here gets derived values...
     trainer = Trainer(config("aleatoric-partitioning"), progress=False)
+    trainer.prepare()
     assert trainer.pessimism.rollout_length.tolist() == [15]
     assert trainer.resolved["ood_threshold"]["source"].startswith("derived")
     # ...while the published file, recognised by its content, gets the seed's tuned values
@@ -121,6 +122,7 @@ def test_tuned_table_and_flags(dirs, hopper_dataset, monkeypatch):
     monkeypatch.setitem(PUBLISHED_ROWS, "hopper-random-v2", len(dataset))
     trainer = Trainer(config("aleatoric-partitioning", dataset=str(published),
                              experiment_name="published"), progress=False)
+    trainer.prepare()
     assert trainer.pessimism.rollout_length.tolist() == [9]
     assert trainer.pessimism.threshold.tolist() == pytest.approx([0.00436])
     assert trainer.resolved["ood_threshold"]["source"] == "table"
@@ -128,6 +130,7 @@ def test_tuned_table_and_flags(dirs, hopper_dataset, monkeypatch):
     assert run_config["resolved"]["rollout_length"] == {"value": [9], "source": "table"}
     trainer = Trainer(config("aleatoric-penalty", rollout_length=(3,), pessimism=(0.5,),
                              experiment_name="flags"), progress=False)
+    trainer.prepare()
     assert trainer.pessimism.rollout_length.tolist() == [3]
     assert trainer.pessimism.penalty.tolist() == [0.5]
     assert trainer.pessimism.max_reward == pytest.approx(float(np.max(
@@ -137,11 +140,22 @@ def test_tuned_table_and_flags(dirs, hopper_dataset, monkeypatch):
 def test_population_may_vary_pessimism_per_member(dirs):
     trainer = Trainer(config("epistemic-penalty", seeds=(0, 1, 2), pessimism=(0.0, 1.0, 2.0),
                              rollout_length=(1, 2, 3)), progress=False)
+    trainer.prepare()
     assert trainer.pessimism.penalty.tolist() == [0.0, 1.0, 2.0]
     trainer.run()
     with pytest.raises(UserError, match="one value or one per member"):
         Trainer(config("epistemic-penalty", seeds=(0, 1, 2), pessimism=(0.0, 1.0),
                        experiment_name="bad"), progress=False)
+
+
+def test_constructing_a_trainer_never_trains_the_model(dirs):
+    model_path = dirs / "models" / "hopper-random-v2-model.pt"
+    trainer = Trainer(config("epistemic-penalty"), progress=False)
+    assert trainer.model is None and not model_path.is_file()
+    assert trainer.pessimism is None
+    trainer.prepare()  # the explicit step: trains, saves, resolves the pessimism
+    assert model_path.is_file() and trainer.pessimism is not None
+    assert (trainer.run_dirs[0] / "config.json").is_file()
 
 
 def test_model_is_trained_once_then_reused(dirs):

@@ -6,6 +6,7 @@ loads with ``torch.load(weights_only=True)``: opening a file cannot run code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from offline_mbrl.errors import UserError
 from offline_mbrl.files import atomic_write
+from offline_mbrl.modes import same_agent
 
 FORMAT_VERSION = 1
 
@@ -46,3 +48,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path} is not an offline_mbrl checkpoint of format {FORMAT_VERSION}: "
                         "retrain with this version")
     return state
+
+
+RESUME_MAY_CHANGE = frozenset({
+    "online_epochs", "offline_epochs", "test_episodes", "render_test_episodes",
+    "save_frequency", "device", "threads", "compile", "experiment_name", "seed", "seeds",
+    "pretrained_agent_path", "pretrained_env_model_path", "dataset",
+})
+"""Settings a resumed run may change; every other one must equal the checkpoint's."""
+
+
+def check_resumable(path: Path, state: dict[str, Any], agent_kind: str, obs_dim: int,
+                    now: Callable[[int], dict[str, Any]]) -> None:
+    """Refuse a checkpoint of another run, or a resume that changes fixed settings.
+
+    Args:
+        path: the checkpoint file (named in errors).
+        state: its contents.
+        agent_kind, obs_dim: the resuming run's agent and observation size.
+        now: the resuming run's configuration as JSON, for a member seed.
+    """
+    if not same_agent(state.get("agent_kind"), agent_kind) or state.get("obs_dim") != obs_dim:
+        raise UserError(f"checkpoint {path} belongs to another mode or environment: "
+                        "start a new run with --overwrite")
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise UserError(f"checkpoint {path} holds no configuration: it is damaged or "
+                        "foreign; start a new run with --overwrite")
+    current = now(int(saved.get("seed", 0)))
+    changed = [key for key in current if key not in RESUME_MAY_CHANGE
+               and key in saved and saved[key] != current[key]]
+    if changed:
+        what = ", ".join(f"{k} (checkpoint {saved[k]!r}, now {current[k]!r})" for k in changed)
+        raise UserError(f"--resume cannot change {what}: drop those flags, or start a new "
+                        "run with --overwrite")

@@ -20,32 +20,48 @@ import numpy as np
 import torch
 
 from offline_mbrl.agents import SAC, split_member_state, stack_member_states
-from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
-from offline_mbrl.compiling import compile_networks, compiler, eager_rollout_networks
-from offline_mbrl.config import TrainerConfiguration
-from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
-from offline_mbrl.envs.registry import (
-    evaluation_env_id,
-    get_env_spec,
-    make_env,
-    make_vector_env,
+from offline_mbrl.checkpoint import (
+    RESUME_MAY_CHANGE,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
 )
+from offline_mbrl.compiling import compile_networks, compiler, eager_rollout_networks
+from offline_mbrl.config import TrainerConfiguration, make_config
+from offline_mbrl.data.buffer import DatasetSampler, PopulationBuffer, TransitionLayout
+from offline_mbrl.data.dataset import OfflineDataset
+from offline_mbrl.envs.registry import get_env_spec, make_vector_env
 from offline_mbrl.envs.state import episode_state, restore_episode
 from offline_mbrl.errors import NonFiniteError, UserError
+from offline_mbrl.evaluation import evaluate_population
 from offline_mbrl.logging import RunLogger
-from offline_mbrl.models.training import resolve_device
-from offline_mbrl.modes import agent_class_of, get_mode, same_agent
+from offline_mbrl.models.ensemble import EnvironmentModel
+from offline_mbrl.models.training import resolve_device, train_environment_model
+from offline_mbrl.modes import agent_class_of, get_mode
+from offline_mbrl.progress import EpochProgress
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
+from offline_mbrl.run_setup import (
+    check_settings,
+    environment_model_path,
+    find_environment_model,
+    load_offline_data,
+    model_config,
+    probe_environment,
+    read_pretrained_agent,
+    resolve_pessimism,
+    train_and_save_model,
+)
 from offline_mbrl.runs import (
     CHECKPOINT_FILE,
     PREVIOUS_CHECKPOINT_FILE,
     claim_run_dirs,
-    find_checkpoint,
     member_run_dirs,
     write_config,
 )
 from offline_mbrl.runtime import keep_freed_memory
+
+__all__ = ["RESUME_MAY_CHANGE", "EpochMetrics", "Trainer", "make_agent", "train"]
 
 # Streams of the per-member random generators; fixed so that checkpoints stay valid.
 _AGENT_STREAM, _DATA_STREAM, _ACTION_STREAM, _ROLLOUT_STREAM = 1, 2, 3, 4
@@ -58,13 +74,6 @@ def make_agent(kind: str, obs_dim: int, act_dim: int, action_low: Any, action_hi
     cls = agent_class_of(kind)
     return cls(obs_dim, act_dim, action_low, action_high, seeds, config.agent, device)
 
-
-RESUME_MAY_CHANGE = frozenset({
-    "online_epochs", "offline_epochs", "test_episodes", "render_test_episodes",
-    "save_frequency", "device", "threads", "compile", "experiment_name", "seed", "seeds",
-    "pretrained_agent_path", "pretrained_env_model_path", "dataset",
-})
-"""Settings a resumed run may change; every other one must equal the checkpoint's."""
 
 BATCH_BLOCK_STEPS = 64
 """Offline training steps whose batches are drawn together (see ``Trainer._batch_block``)."""
@@ -115,6 +124,13 @@ class EpochMetrics:
 class Trainer:
     """Trains ``config.population_seeds`` as one population.
 
+    Constructing a trainer checks the settings, loads the dataset and any saved
+    environment model, claims the run directories and builds the agent, buffers and
+    random generators (restoring them on ``resume``); it never trains. :meth:`run` is the
+    loop, top to bottom: :meth:`prepare` (train the environment model if the mode needs one
+    and none is saved, resolve the pessimism, write config.json), then per epoch
+    :meth:`train_epoch`, :meth:`evaluate`, :meth:`log_epoch` and :meth:`save`.
+
     Args:
         config: the resolved configuration.
         resume: continue from the checkpoints in the run directories.
@@ -133,67 +149,94 @@ class Trainer:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.spec = get_env_spec(config.env_name)
+        self.mode = get_mode(config.mode)
         self.seeds = config.population_seeds
         self.P = len(self.seeds)
         self.progress = progress
-        self._check_mode()
-
-        probe: Any = make_env(config.env_name)
-        self.obs_dim = int(np.prod(probe.observation_space.shape))
-        self.act_dim = int(np.prod(probe.action_space.shape))
-        self.action_low = torch.as_tensor(probe.action_space.low, dtype=torch.float32)
-        self.action_high = torch.as_tensor(probe.action_space.high, dtype=torch.float32)
-        probe.close()
-        self.layout = TransitionLayout(self.obs_dim, self.act_dim)
-
-        self.mode = get_mode(config.mode)
         self.online = self.mode.online
-        self.eval_env = self.spec.gym_id
-        """Gymnasium id of the evaluation episodes (a dataset's own, see _load_dataset_rows)."""
         self.model_based = self.mode.model_based or config.use_env_model
+        self.kind = agent_kind(config.mode)
+
         # Everything that can fail on bad input happens before run directories are touched.
-        dataset_rows = None if self.online else self._load_dataset_rows()
-        self.model: Any = None
-        self.model_path: Path | None = None
-        if self.model_based and not self.online:
-            self.model = self._existing_model()
-        pretrained = (self._read_pretrained_agent(config.pretrained_agent_path)
+        check_settings(config, self.spec, self.P)
+        env = probe_environment(config.env_name)
+        self.obs_dim, self.act_dim = env.obs_dim, env.act_dim
+        self.action_low, self.action_high = env.action_low, env.action_high
+        self.layout = TransitionLayout(self.obs_dim, self.act_dim)
+        data = None if self.online else load_offline_data(config, self.spec, self.layout,
+                                                          self.device)
+        self.offline_dataset = data.dataset if data else None
+        self.eval_env = data.eval_env if data else self.spec.gym_id
+        """Gymnasium id of the evaluation episodes (a dataset's own recorded id)."""
+        self.model_path = environment_model_path(config, self.spec) if data else None
+        self.model: Any = (find_environment_model(config, self.spec, data.dataset, self.device)
+                           if data and self.model_based else None)
+        pretrained = (read_pretrained_agent(config.pretrained_agent_path, config, self.kind,
+                                            self.obs_dim)
                       if config.pretrained_agent_path and not resume else None)
         self.run_dirs = member_run_dirs(config, root)
         resume_from = claim_run_dirs(self.run_dirs, resume, overwrite)
-        resuming = resume_from is not None
-        if self.model_based and not self.online and self.model is None:
-            self.model = self._train_and_save_model()
 
-        self.kind = agent_kind(config.mode)
         self.agent = make_agent(self.kind, self.obs_dim, self.act_dim, self.action_low,
                                 self.action_high, self.seeds, config, self.device)
-        self._rollout_step: Any = None
-        self._rollout_model: tuple[Any, Any] | None = None
-        self.compiled: tuple[str, ...] = ()
-        """What ``--compile`` handed to ``torch.compile``: ``"update"`` (SAC's gradient
-        computation), ``"networks"`` (BC's policy) and ``"rollout_step"`` (model-based
-        modes). Compilation itself happens at the first call."""
-        if config.compile:
-            compile_fn = compiler(self.device)
-            if isinstance(self.agent, SAC):
-                self.agent.compile_update(compile_fn)
-                self.compiled += ("update",)
-            else:
-                compile_networks(self.agent, self.device)
-                self.compiled += ("networks",)
-            if self.model_based:
-                self._rollout_step = compile_fn(rollout_step)
-                self.compiled += ("rollout_step",)
+        self.compiled = self._compile()
         self.rngs = {name: PopulationRNG(self.seeds, self.device, stream)
                      for name, stream in (("agent", _AGENT_STREAM), ("data", _DATA_STREAM),
                                           ("action", _ACTION_STREAM),
                                           ("rollout", _ROLLOUT_STREAM))}
+        self._make_buffers(data.rows if data else None)
         self.epoch = 0
         self.saved_epoch = 0
         """The epoch of the newest checkpoint on disk (0: none yet)."""
         self.total_env_steps = 0
         self.total_updates = 0
+        self.pessimism: Pessimism | None = None
+        self.resolved: dict[str, dict[str, Any]] = {}
+        """Values the configuration leaves open, with where each came from (config.json)."""
+        self.prepared = False
+        self.rollout_stats: dict[str, torch.Tensor] = {}
+        self.rollout_rounds = 0
+        self._resumed_episodes: list[dict[str, Any]] | None = None
+        self._envs: Any = None
+        self._env_state: dict[str, Any] = {}
+
+        if pretrained is not None:
+            self.agent.load_state_dict(stack_member_states([pretrained] * self.P))
+        if resume_from is not None:
+            self._restore(resume_from)
+        purge = self.log_step + 1 if resume_from is not None else None
+        self.loggers = [RunLogger(d, resume_epochs=self.epoch if resume_from else None,
+                                  purge_step=purge) for d in self.run_dirs]
+
+    # ------------------------------------------------------------------ setup
+    def _compile(self) -> tuple[str, ...]:
+        """Hand the hot paths to ``torch.compile`` under ``--compile``.
+
+        Returns what was handed over: ``"update"`` (SAC-family losses), ``"networks"``
+        (other agents' networks) and ``"rollout_step"`` (model-based modes). Compilation
+        itself happens at the first call.
+        """
+        self._rollout_step: Any = None
+        self._rollout_model: tuple[Any, Any] | None = None
+        if not self.config.compile:
+            return ()
+        compile_fn = compiler(self.device)
+        compiled: tuple[str, ...]
+        if isinstance(self.agent, SAC):
+            self.agent.compile_update(compile_fn)
+            compiled = ("update",)
+        else:
+            compile_networks(self.agent, self.device)
+            compiled = ("networks",)
+        if self.model_based:
+            self._rollout_step = compile_fn(rollout_step)
+            compiled += ("rollout_step",)
+        return compiled
+
+    def _make_buffers(self, dataset_rows: torch.Tensor | None) -> None:
+        """The real data (a dataset sampler offline, a replay buffer online) and, for
+        model-based modes, the buffer of synthetic (model-generated) transitions."""
+        config = self.config
         self.replay: PopulationBuffer | None = None
         self.dataset: DatasetSampler | None = None
         if dataset_rows is None:
@@ -201,183 +244,40 @@ class Trainer:
                                            self.device)
         else:
             self.dataset = DatasetSampler(dataset_rows)
-
         self.synthetic: PopulationBuffer | None = None
-        self.pessimism: Pessimism | None = None
-        self.resolved: dict[str, dict[str, Any]] = {}
-        """Values the configuration leaves open, with where each came from (config.json)."""
         if self.model_based:
             self.synthetic = PopulationBuffer(self.P, config.virtual_buffer_size, self.layout,
-                                            self.device)
-            if self.model is not None:
-                self.pessimism = self._resolve_pessimism()
-        self.rollout_stats: dict[str, torch.Tensor] = {}
-        self.rollout_rounds = 0
+                                              self.device)
         self._synthetic_empty = True
-        self._resumed_episodes: list[dict[str, Any]] | None = None
 
-        if pretrained is not None:
-            self.agent.load_state_dict(stack_member_states([pretrained] * self.P))
-        if resume_from is not None:
-            self._restore(resume_from)
+    def prepare(self) -> None:
+        """The step before the first update (idempotent; :meth:`run` and
+        :meth:`train_epoch` call it): train and save the environment model if the mode
+        needs one and none is saved, resolve the pessimism, and record the configuration,
+        with the values it left open and their sources, in every run's config.json."""
+        if self.prepared:
+            return
+        if self.model_based and not self.online and self.model is None:
+            assert self.offline_dataset is not None and self.model_path is not None
+            self.model = train_and_save_model(
+                self.config, self.offline_dataset, self.model_path, self.device,
+                log_dir=self.run_dirs[0].parent / "env_model_tensorboard",
+                progress=self.progress)
+        if self.model is not None and self.pessimism is None:
+            self._resolve_pessimism()
         # On resume too: the settings a resume may change are applied and recorded.
         for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
             write_config(run_dir, self.member_config(seed), self.resolved)
-        purge = self.log_step + 1 if resuming else None
-        self.loggers = [RunLogger(d, resume_epochs=self.epoch if resuming else None,
-                                  purge_step=purge) for d in self.run_dirs]
-        self._envs: Any = None
-        self._env_state: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------ setup
-    def _check_mode(self) -> None:
-        for name in ("rollout_length", "pessimism", "ood_threshold"):
-            values = getattr(self.config, name)
-            if values is not None and len(values) not in (1, self.P):
-                raise UserError(f"--{name} got {len(values)} values for {self.P} population "
-                                f"members: pass one value or one per member")
-        spec = get_mode(self.config.mode)
-        online_model = spec.online and (spec.model_based or self.config.use_env_model)
-        if online_model and self.P > 1:
-            raise UserError("mbpo trains one environment model per seed from its own "
-                            "interactions, so it runs one seed per command: pass a single --seed")
-        if not issubclass(spec.agent_class(), SAC) and self.config.use_env_model:
-            raise UserError(f"{spec.name} does not use an environment model: "
-                            "drop --use_env_model")
-        if not spec.online and self.spec.dataset_name is None \
-                and self.config.dataset is None:
-            raise UserError(f"mode '{self.config.mode}' trains on a dataset, but "
-                            f"'{self.config.env_name}' names none: use a D4RL name such as "
-                            "hopper-medium-replay-v2 or pass --dataset PATH")
+        self.prepared = True
 
     def member_config(self, seed: int) -> TrainerConfiguration:
         """The configuration as a single run of ``seed`` would have it."""
         return self.config.model_copy(update={"seed": seed, "seeds": None})
 
-    def _load_dataset_rows(self) -> torch.Tensor:
-        from offline_mbrl.data.resolve import load_dataset
-
-        dataset = load_dataset(self.spec.dataset_name or self.config.env_name,
-                               dataset=self.config.dataset)
-        if dataset.obs_dim != self.obs_dim or dataset.act_dim != self.act_dim:
-            raise UserError(f"dataset {dataset.name} has obs/action sizes {dataset.obs_dim}/"
-                            f"{dataset.act_dim} but {self.config.env_name} needs "
-                            f"{self.obs_dim}/{self.act_dim}: use the dataset of that environment")
-        if len(dataset) == 0:
-            raise UserError(f"dataset {dataset.name or self.config.env_name} has no transitions: "
-                            "pass a dataset with data, or collect one with 'ombrl datasets "
-                            "collect'")
-        self.offline_dataset = dataset
-        self.eval_env = evaluation_env_id(self.config.env_name, dataset.metadata.get("env_id"))
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-        rows = self.layout.pack(as_tensor(dataset.observations), as_tensor(dataset.actions),
-                                as_tensor(dataset.rewards), as_tensor(dataset.next_observations),
-                                as_tensor(dataset.terminals))
-        return rows.to(self.device)
-
-    def _read_pretrained_agent(self, path: str) -> dict[str, Any]:
-        """The agent state of a run to start from; every member starts from it."""
-        state = load_checkpoint(find_checkpoint(path))
-        kind = agent_kind(self.config.mode)
-        if not same_agent(state.get("agent_kind"), kind) or state.get("obs_dim") != self.obs_dim:
-            raise UserError(f"pretrained agent {path} is a {state.get('agent_kind')} agent for "
-                            f"obs_dim {state.get('obs_dim')}: pass a {kind} run of "
-                            f"{self.config.env_name}")
-        return state["agent"]
-
-    # ------------------------------------------------------------------ model
-    def _model_config(self) -> Any:
-        return self.config.env_model.model_copy(update={"device": str(self.device)})
-
-    def _existing_model(self) -> Any:
-        """The saved model to reuse, ``None`` when one must be trained; refuses mismatches."""
-        from offline_mbrl.models.io import (
-            check_model_matches,
-            default_model_path,
-            load_environment_model,
-        )
-
-        explicit = self.config.pretrained_env_model_path
-        path = Path(explicit) if explicit else default_model_path(
-            self.spec.dataset_name or self.config.env_name)
-        self.model_path = path
-        if not explicit and not path.is_file():
-            return None
-        model, metadata = load_environment_model(path, device=self.device)
-        check_model_matches(metadata, self.offline_dataset, self.config.env_name)
-        return model
-
-    def _train_and_save_model(self) -> Any:
-        from offline_mbrl.models.io import save_environment_model
-        from offline_mbrl.models.training import train_environment_model
-
-        model, metrics = train_environment_model(
-            self.offline_dataset, self._model_config(), self.config.env_name,
-            log_dir=self.run_dirs[0].parent / "env_model_tensorboard", progress=self.progress)
-        assert self.model_path is not None
-        save_environment_model(model, self.model_path, {
-            "config": self._model_config().model_dump(mode="json"),
-            "dataset_name": self.offline_dataset.name,
-            "dataset_hash": self.offline_dataset.content_hash(),
-            "validation": metrics,
-        })
-        return model.to(self.device)
-
-    def _per_member(self, name: str, values: tuple[float, ...]) -> torch.Tensor:
-        if len(values) not in (1, self.P):
-            raise UserError(f"--{name} got {len(values)} values for {self.P} population "
-                            f"members: pass one value or one per member")
-        return torch.as_tensor(values * (self.P if len(values) == 1 else 1),
-                               dtype=torch.float32, device=self.device)
-
-    def _resolve_pessimism(self) -> Pessimism:
-        """Per-member rollout lengths and pessimism: flags, then the tuned table (only for
-        the published D4RL files, recognised by content), then values derived from the
-        dataset's uncertainty statistics. Where each came from goes to ``self.resolved``."""
-        from offline_mbrl.data.d4rl import is_published_d4rl
-        from offline_mbrl.hyperparameters import fallback_pessimism, lookup
-        from offline_mbrl.models.statistics import largest_reward
-
-        config = self.config
-        mode = config.mode
-        name = self.spec.dataset_name
-        published = not self.online and is_published_d4rl(self.offline_dataset, name)
-        tuned = lookup(mode, name) if published else None
-        if config.rollout_length:
-            lengths, source = config.rollout_length, "flag"
-        elif tuned:
-            lengths, source = (tuned.rollout_length,), "table"
-        else:
-            lengths, source = (config.max_virtual_rollout_length,), "max_virtual_rollout_length"
-        rollout_length = self._per_member("rollout_length", lengths).long()
-        self.resolved["rollout_length"] = {"value": rollout_length.tolist(), "source": source}
-        penalty = torch.zeros(self.P, device=self.device)
-        threshold = torch.full((self.P,), math.inf, device=self.device)
-        max_reward = largest_reward(self.offline_dataset.rewards) if not self.online else 0.0
-        field = self.mode.pessimism_field
-        if field is not None:
-            given, source = getattr(config, field), "flag"
-            if given is None and tuned is not None:
-                given, source = (tuned.value,), "table"
-            if given is None:
-                from offline_mbrl.models.statistics import uncertainty_statistics
-
-                stats = uncertainty_statistics(self.model, self.offline_dataset, self.model_path)
-                assert self.mode.uncertainty is not None
-                given = (fallback_pessimism(mode, stats[self.mode.uncertainty], max_reward),)
-                source = "derived from the dataset's uncertainty statistics"
-            values = self._per_member(field, given)
-            self.resolved[field] = {"value": values.tolist(), "source": source}
-            if self.mode.pessimism == "penalty":
-                penalty = values
-            else:
-                threshold = values
-        self.resolved["max_reward"] = {
-            "value": max_reward,
-            "source": ("largest dataset reward"
-                       if self.online or self.offline_dataset.rewards.max(initial=0.0) > 0
-                       else "width of the dataset's reward range (no reward is positive)")}
-        return Pessimism.from_mode(mode, rollout_length, penalty, threshold, max_reward)
+    def _resolve_pessimism(self) -> None:
+        self.pessimism, self.resolved = resolve_pessimism(
+            self.config, self.spec, self.model, self.model_path, self.offline_dataset,
+            self.P, self.device)
 
     def _rollout_round(self, start_source: Callable[[int], torch.Tensor]) -> None:
         """Generate ``n_parallel_virtual_rollouts × rollout_every`` transitions per member."""
@@ -451,9 +351,6 @@ class Trainer:
 
     def _retrain_online_model(self) -> None:
         """mbpo: fit the model to the real buffer (member 0; mbpo runs one seed)."""
-        from offline_mbrl.data.dataset import OfflineDataset
-        from offline_mbrl.models.training import train_environment_model
-
         assert self.replay is not None
         rows = self.replay.state_dict()["rows"][0]
         parts = self.layout.unpack(rows)
@@ -463,7 +360,7 @@ class Trainer:
             terminals=parts["terminated"].numpy() > 0.5,
             timeouts=np.zeros(rows.shape[0], dtype=bool), name="replay")
         # Warm retraining continues from the current weights, with a short patience.
-        config = self._model_config()
+        config = model_config(self.config, self.device)
         warm = self.model is not None and not self.config.train_env_model_from_scratch
         if warm:
             config = config.model_copy(update={"training_patience": 5})
@@ -472,7 +369,7 @@ class Trainer:
                                                 initial=self.model if warm else None)
         self.model = self.model.to(self.device)
         if self.pessimism is None:
-            self.pessimism = self._resolve_pessimism()
+            self._resolve_pessimism()
         if self.config.reset_virtual_buffer_after_env_model_training and self.synthetic is not None:
             self.synthetic.clear()
             self._synthetic_empty = True
@@ -523,31 +420,14 @@ class Trainer:
     def _restore(self, files: list[Path]) -> None:
         states = [load_checkpoint(f, map_location=self.device) for f in files]
         for f, state in zip(files, states, strict=True):
-            self._check_resumable(f, state)
+            check_resumable(f, state, self.kind, self.obs_dim,
+                            lambda seed: self.member_config(seed).model_dump(mode="json"))
         try:
             self._load_states(states)
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
             raise UserError(f"checkpoint {files[0]} does not fit this run ({reason}): resume "
                             "with the settings it was trained with, or pass --overwrite") from None
-
-    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another run, or a resume that changes fixed settings."""
-        if not same_agent(state.get("agent_kind"), self.kind) \
-                or state.get("obs_dim") != self.obs_dim:
-            raise UserError(f"checkpoint {path} belongs to another mode or environment: "
-                            "start a new run with --overwrite")
-        saved = state.get("config")
-        if not isinstance(saved, dict):
-            raise UserError(f"checkpoint {path} holds no configuration: it is damaged or "
-                            "foreign; start a new run with --overwrite")
-        now = self.member_config(int(saved.get("seed", 0))).model_dump(mode="json")
-        changed = [key for key in now if key not in RESUME_MAY_CHANGE
-                   and key in saved and saved[key] != now[key]]
-        if changed:
-            what = ", ".join(f"{k} (checkpoint {saved[k]!r}, now {now[k]!r})" for k in changed)
-            raise UserError(f"--resume cannot change {what}: drop those flags, or start a new "
-                            "run with --overwrite")
 
     def _load_states(self, states: list[dict[str, Any]]) -> None:
         trained = int(states[0]["counters"]["epoch"])
@@ -573,13 +453,11 @@ class Trainer:
         if self.online and all("episode" in s for s in states):
             self._resumed_episodes = [s["episode"] for s in states]
         if "model" in states[0]:
-            from offline_mbrl.models.ensemble import EnvironmentModel
-
             saved = states[0]["model"]
             self.model = EnvironmentModel(**saved["architecture"])
             self.model.load_state_dict(saved["state"])
             self.model = self.model.to(self.device).eval()
-            self.pessimism = self._resolve_pessimism()
+            self._resolve_pessimism()
 
     # ------------------------------------------------------------------ training
     def _update(self, source: Callable[[], torch.Tensor], metrics: EpochMetrics) -> None:
@@ -652,8 +530,7 @@ class Trainer:
             tick()
 
     def evaluate(self) -> Any:
-        from offline_mbrl.evaluation import evaluate_population
-
+        """Test episodes of every member's deterministic policy."""
         return evaluate_population(
             self.eval_env,
             lambda obs: self.agent.act(obs.to(self.device), deterministic=True),
@@ -715,6 +592,7 @@ class Trainer:
         Raises:
             NonFiniteError: a loss or parameter became NaN or infinite.
         """
+        self.prepare()
         self._open_envs()
         metrics = EpochMetrics()
         updates_before = self.total_updates
@@ -740,46 +618,25 @@ class Trainer:
         Returns:
             The last logged row of every member.
         """
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
         config = self.config
-        epochs = config.epochs
         last_rows: list[dict[str, float]] = []
         start_time = time.time()
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.completed}/{task.total} epochs"),
-            TextColumn("{task.fields[speed]:.0f} steps/s"),
-            TextColumn("test return {task.fields[ret]}"), TimeRemainingColumn(),
-            disable=not self.progress, transient=False)
         try:
-            with progress:
-                task = progress.add_task(f"{config.env_name} {config.mode}", total=epochs,
-                                         completed=self.epoch, speed=0.0, ret="-")
-                while self.epoch < epochs:
-                    epoch_start = time.time()
-                    steps_done = [0]
-
-                    def tick(task: Any = task, steps_done: list[int] = steps_done,
-                             epoch_start: float = epoch_start) -> None:
-                        steps_done[0] += 1
-                        if steps_done[0] % 200 == 0:
-                            speed = steps_done[0] / max(time.time() - epoch_start, 1e-9)
-                            progress.update(task, speed=speed)
-
-                    means = self.train_epoch(tick)
+            self.prepare()
+            with EpochProgress(f"{config.env_name} {config.mode}", config.epochs, self.epoch,
+                               enabled=self.progress) as progress:
+                while self.epoch < config.epochs:
+                    means = self.train_epoch(progress.epoch_ticker())
                     self.epoch += 1
-                    result = self.evaluate()
-                    last_rows = self.log_epoch(result, means, time.time() - start_time)
+                    last_rows = self.log_epoch(self.evaluate(), means, time.time() - start_time)
                     self.rollout_stats, self.rollout_rounds = {}, 0
                     # With a callback the checkpoint comes first: a sweep scheduler may end the
                     # process inside the callback, and the run directory must be complete.
-                    if (self.epoch % config.save_frequency == 0 or self.epoch == epochs
+                    if (self.epoch % config.save_frequency == 0 or self.epoch == config.epochs
                             or on_epoch is not None):
                         self.save()
                     stop = bool(on_epoch(self.epoch, last_rows)) if on_epoch else False
-                    mean_return = np.mean([r["AverageTestEpRet"] for r in last_rows])
-                    progress.update(task, completed=self.epoch, ret=f"{mean_return:.1f}")
+                    progress.epoch_done(self.epoch, last_rows)
                     if stop:
                         break
         finally:
@@ -832,8 +689,6 @@ def train(config: TrainerConfiguration | None = None, *, resume: bool = False,
     Returns:
         The last progress row of each member (AverageTestEpRet, NormalizedTestScore, ...).
     """
-    from offline_mbrl.config import make_config
-
     if config is None:
         config = make_config(TrainerConfiguration, **overrides)
     elif overrides:
