@@ -132,6 +132,7 @@ def test_resume_refuses_fixed_settings_and_applies_the_others(dirs):  # noqa: F8
         Trainer(config("offline-sac", experiment_name="bc", offline_epochs=2), resume=True,
                 progress=False)
     trainer = Trainer(_bc(offline_epochs=3, test_episodes=2), resume=True, progress=False)
+    trainer.prepare()  # records the configuration, as run() does first
     written = json.loads((trainer.run_dirs[0] / "config.json").read_text())
     assert written["offline_epochs"] == 3 and written["test_episodes"] == 2
 
