@@ -30,11 +30,19 @@ import mujoco
 import numpy as np
 import torch
 
+from offline_mbrl.agents import SAC
+from offline_mbrl.agents.sac import squashed_gaussian
+from offline_mbrl.config import TrainerConfiguration, make_config
 from offline_mbrl.data.d4rl import load_d4rl_hdf5, write_d4rl_hdf5
 from offline_mbrl.data.dataset import OfflineDataset
-from offline_mbrl.envs.registry import D4RL_ENVS, get_env_spec, make_env
+from offline_mbrl.data.resolve import datasets_dir
+from offline_mbrl.envs.registry import D4RL_ENVS, get_env_spec, make_env, make_vector_env
 from offline_mbrl.errors import UserError
 from offline_mbrl.files import write_json_atomic
+from offline_mbrl.policy import load_agent
+from offline_mbrl.rng import PopulationRNG
+from offline_mbrl.runs import member_run_dirs
+from offline_mbrl.train import Trainer
 
 MAX_EPISODE_STEPS = 1000
 
@@ -89,76 +97,117 @@ def rollout_policy(
     spec = get_env_spec(env_name)
     env = make_env(env_name, max_episode_steps=max_episode_steps)
     try:
-        if not isinstance(env.action_space, gym.spaces.Box) or not isinstance(
-            env.observation_space, gym.spaces.Box
-        ):
-            raise UserError(f"{spec.gym_id} does not have Box observations and actions: "
-                            "datasets can only be recorded on continuous-control environments")
-        obs_dim = int(np.prod(env.observation_space.shape))
-        act_dim = int(np.prod(env.action_space.shape))
-        low, high = env.action_space.low, env.action_space.high
+        observation_space, action_space = _box_spaces(env, spec.gym_id)
         # MuJoCo state is recorded where there is one (not for classic control).
         data = getattr(env.unwrapped, "data", None)
-        observations = np.empty((size, obs_dim), dtype=np.float32)
-        next_observations = np.empty((size, obs_dim), dtype=np.float32)
-        actions = np.empty((size, act_dim), dtype=np.float32)
-        rewards = np.empty(size, dtype=np.float32)
-        terminals = np.zeros(size, dtype=bool)
-        timeouts = np.zeros(size, dtype=bool)
-        qpos = np.empty((size, data.qpos.shape[0] if data else 0), dtype=np.float64)
-        qvel = np.empty((size, data.qvel.shape[0] if data else 0), dtype=np.float64)
-
-        returns: list[float] = []
-        episode_return = 0.0
-        obs, _ = env.reset(seed=seed)
-        for i in range(size):
-            observations[i] = obs
-            if data is not None:
-                qpos[i] = data.qpos
-                qvel[i] = data.qvel
-            action = np.asarray(policy(np.asarray(obs, dtype=np.float32)[None]))
-            if action.shape != (1, act_dim):
-                raise ValueError(f"policy returned shape {action.shape}, expected (1, {act_dim})")
-            action = np.clip(action[0], low, high)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            actions[i] = action
-            rewards[i] = reward
-            next_observations[i] = obs
-            terminals[i] = terminated
-            timeouts[i] = truncated
-            episode_return += float(reward)
-            if terminated or truncated:
-                returns.append(episode_return)
-                episode_return = 0.0
-                obs, _ = env.reset()
-            if progress is not None and ((i + 1) % 1000 == 0 or i + 1 == size):
-                progress(i + 1)
+        rows = _RolloutRows.allocate(size, int(np.prod(observation_space.shape)),
+                                     int(np.prod(action_space.shape)), data)
+        returns = _record_rows(env, policy, action_space, rows, seed, data, progress)
     finally:
         env.close()
-
-    meta: dict[str, object] = {
-        "protocol": protocol,
-        "env_name": env_name,
-        "env_id": spec.gym_id,
-        "gymnasium_version": gym.__version__,
-        "mujoco_version": mujoco.__version__,
-        "seed": int(seed),
-        "size": int(size),
-        "max_episode_steps": int(max_episode_steps),
-    }
+    meta = _base_metadata(env_name, protocol, seed, size, max_episode_steps)
     meta.update(_return_stats(returns))
     meta.update(metadata or {})
-    return OfflineDataset(
-        observations=observations,
-        actions=actions,
-        rewards=rewards,
-        next_observations=next_observations,
-        terminals=terminals,
-        timeouts=timeouts,
-        infos={"qpos": qpos, "qvel": qvel} if data is not None else {},
-        metadata=meta,
-        name=env_name,
-    )
+    return rows.dataset(env_name, meta, with_state=data is not None)
+
+
+def _box_spaces(env: gym.Env, gym_id: str) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """``(observation_space, action_space)`` of ``env``; a :class:`UserError` unless both are
+    Box spaces."""
+    if not isinstance(env.action_space, gym.spaces.Box) or not isinstance(
+        env.observation_space, gym.spaces.Box
+    ):
+        raise UserError(f"{gym_id} does not have Box observations and actions: "
+                        "datasets can only be recorded on continuous-control environments")
+    return env.observation_space, env.action_space
+
+
+@dataclass
+class _RolloutRows:
+    """The arrays :func:`rollout_policy` fills, one row per step.
+
+    ``observations`` and ``next_observations`` are ``[size, obs_dim]`` float32, ``actions``
+    ``[size, act_dim]`` float32, ``rewards`` ``[size]`` float32, ``terminals`` and ``timeouts``
+    ``[size]`` bool, ``qpos`` and ``qvel`` ``[size, nq]`` / ``[size, nv]`` float64 (zero
+    columns without MuJoCo state).
+    """
+
+    observations: np.ndarray
+    next_observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+    timeouts: np.ndarray
+    qpos: np.ndarray
+    qvel: np.ndarray
+
+    @classmethod
+    def allocate(cls, size: int, obs_dim: int, act_dim: int, data: Any) -> _RolloutRows:
+        """Uninitialised rows (flags cleared); ``data`` is the MuJoCo state or None."""
+        return cls(
+            observations=np.empty((size, obs_dim), dtype=np.float32),
+            next_observations=np.empty((size, obs_dim), dtype=np.float32),
+            actions=np.empty((size, act_dim), dtype=np.float32),
+            rewards=np.empty(size, dtype=np.float32),
+            terminals=np.zeros(size, dtype=bool),
+            timeouts=np.zeros(size, dtype=bool),
+            qpos=np.empty((size, data.qpos.shape[0] if data else 0), dtype=np.float64),
+            qvel=np.empty((size, data.qvel.shape[0] if data else 0), dtype=np.float64),
+        )
+
+    def dataset(self, name: str, metadata: dict[str, object], with_state: bool
+                ) -> OfflineDataset:
+        """The rows as a dataset; ``qpos``/``qvel`` become infos when ``with_state``."""
+        return OfflineDataset(
+            observations=self.observations,
+            actions=self.actions,
+            rewards=self.rewards,
+            next_observations=self.next_observations,
+            terminals=self.terminals,
+            timeouts=self.timeouts,
+            infos={"qpos": self.qpos, "qvel": self.qvel} if with_state else {},
+            metadata=metadata,
+            name=name,
+        )
+
+
+def _record_rows(env: gym.Env, policy: Policy, action_space: gym.spaces.Box,
+                 rows: _RolloutRows, seed: int, data: Any,
+                 progress: Callable[[int], None] | None) -> list[float]:
+    """Step ``env`` with ``policy`` until every row is filled; the complete episodes' returns.
+
+    Actions are clipped to ``action_space`` (``env``'s). The first reset is seeded with
+    ``seed``; ``data`` is the MuJoCo state read into ``rows.qpos``/``qvel`` before each step,
+    or None.
+    """
+    size, act_dim = rows.actions.shape
+    low, high = action_space.low, action_space.high
+    returns: list[float] = []
+    episode_return = 0.0
+    obs, _ = env.reset(seed=seed)
+    for i in range(size):
+        rows.observations[i] = obs
+        if data is not None:
+            rows.qpos[i] = data.qpos
+            rows.qvel[i] = data.qvel
+        action = np.asarray(policy(np.asarray(obs, dtype=np.float32)[None]))
+        if action.shape != (1, act_dim):
+            raise ValueError(f"policy returned shape {action.shape}, expected (1, {act_dim})")
+        action = np.clip(action[0], low, high)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        rows.actions[i] = action
+        rows.rewards[i] = reward
+        rows.next_observations[i] = obs
+        rows.terminals[i] = terminated
+        rows.timeouts[i] = truncated
+        episode_return += float(reward)
+        if terminated or truncated:
+            returns.append(episode_return)
+            episode_return = 0.0
+            obs, _ = env.reset()
+        if progress is not None and ((i + 1) % 1000 == 0 or i + 1 == size):
+            progress(i + 1)
+    return returns
 
 
 def random_policy(action_space: gym.spaces.Box, rng: np.random.Generator) -> Policy:
@@ -289,8 +338,6 @@ class SACCollectionOptions:
                                 "pass a normalised score such as 33")
 
     def root(self) -> Path:
-        from offline_mbrl.data.resolve import datasets_dir
-
         return self.policies_dir if self.policies_dir is not None \
             else datasets_dir() / "policies"
 
@@ -353,9 +400,7 @@ def _run_settings(family: str, role: str, seed: int, options: SACCollectionOptio
 
 
 def _trainer_config(family: str, settings: dict[str, Any], options: SACCollectionOptions
-                    ) -> Any:
-    from offline_mbrl.config import TrainerConfiguration, make_config
-
+                    ) -> TrainerConfiguration:
     budget = settings["max_env_steps"]
     return make_config(
         TrainerConfiguration,
@@ -378,8 +423,6 @@ def _trainer_config(family: str, settings: dict[str, Any], options: SACCollectio
 def policy_run_dir(env_name: str, role: str, seed: int,
                    options: SACCollectionOptions | None = None) -> Path:
     """Where the ``role`` (``medium`` or ``expert``) policy of ``env_name`` and ``seed`` lives."""
-    from offline_mbrl.runs import member_run_dirs
-
     options = options or SACCollectionOptions()
     family = _family(env_name)
     config = _trainer_config(family, _run_settings(family, role, seed, options), options)
@@ -402,8 +445,6 @@ def ensure_policy(env_name: str, role: str, seed: int = 0,
         UserError: a finished run with other settings is in the way (pass ``retrain``), or a
             setting is invalid.
     """
-    from offline_mbrl.runs import member_run_dirs
-
     if role not in ("medium", "expert"):
         raise ValueError(f"role must be 'medium' or 'expert', got {role!r}")
     options = options or SACCollectionOptions()
@@ -467,10 +508,8 @@ class _StepRecorder:
         return out
 
 
-def _train_policy(env_name: str, settings: dict[str, Any], config: Any,
+def _train_policy(env_name: str, settings: dict[str, Any], config: TrainerConfiguration,
                   options: SACCollectionOptions, log: Log | None) -> TrainedPolicy:
-    from offline_mbrl.train import Trainer
-
     role, budget, target = settings["role"], settings["max_env_steps"], settings["target_score"]
     trainer = Trainer(config, overwrite=True, progress=False, root=options.root())
     run_dir = trainer.run_dirs[0]
@@ -496,8 +535,6 @@ def _train_until(trainer: Any, budget: int, target: float | None, record: bool,
     The loop is :meth:`Trainer.run`'s with a stopping rule; the last epoch is shortened so
     that the budget is exact.
     """
-    from offline_mbrl.envs.registry import make_vector_env
-
     config = trainer.config
     envs = make_vector_env(config.env_name, trainer.P, config.max_episode_length)
     recorder = _StepRecorder(envs, budget) if record else None
@@ -560,7 +597,8 @@ def _replay_dataset(trainer: Any, recorder: _StepRecorder, env_name: str,
     return ds
 
 
-def _base_metadata(env_name: str, protocol: str, seed: int, size: int) -> dict[str, object]:
+def _base_metadata(env_name: str, protocol: str, seed: int, size: int,
+                   max_episode_steps: int = MAX_EPISODE_STEPS) -> dict[str, object]:
     return {
         "protocol": protocol,
         "env_name": env_name,
@@ -569,7 +607,7 @@ def _base_metadata(env_name: str, protocol: str, seed: int, size: int) -> dict[s
         "mujoco_version": mujoco.__version__,
         "seed": int(seed),
         "size": int(size),
-        "max_episode_steps": MAX_EPISODE_STEPS,
+        "max_episode_steps": int(max_episode_steps),
     }
 
 
@@ -623,11 +661,6 @@ def sample_policy(env_name: str, run_dir: Path, size: int, seed: int, protocol: 
     each action under the policy's tanh-Gaussian in the agent's ``[-1, 1]`` units (the
     environment's units for the three D4RL tasks, whose action box is ``[-1, 1]``).
     """
-    from offline_mbrl.agents import SAC
-    from offline_mbrl.agents.sac import squashed_gaussian
-    from offline_mbrl.policy import load_agent
-    from offline_mbrl.rng import PopulationRNG
-
     if size < 1:
         raise UserError(f"dataset size must be at least 1, got {size}: pass --size N with N >= 1")
     loaded = load_agent(run_dir, device)

@@ -30,6 +30,7 @@ from offline_mbrl.data.resolve import (
 )
 from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.errors import UserError
+from offline_mbrl.models.uncertainty_command import add_uncertainty_parser
 
 
 def _console() -> Console:
@@ -222,22 +223,41 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Offline datasets: D4RL files, Minari datasets, and data recorded here.",
     )
     sub = parser.add_subparsers(dest="datasets_command", required=True, metavar="COMMAND")
+    _add_download_parser(sub)
+    _add_info_parser(sub)
+    _add_list_parser(sub)
+    _add_export_parser(sub)
+    _add_collect_parser(sub)
+    add_uncertainty_parser(sub)
+    return parser
 
+
+def _add_download_parser(sub: argparse._SubParsersAction) -> None:
+    """``datasets download NAME``: :func:`cmd_download`."""
     p = sub.add_parser("download", help="download a published D4RL file")
     p.add_argument("name", help="D4RL dataset name, e.g. hopper-medium-replay-v2")
     p.add_argument("--force", action="store_true", help="download even if a local copy exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 
+
+def _add_info_parser(sub: argparse._SubParsersAction) -> None:
+    """``datasets info NAME|PATH``: :func:`cmd_info`."""
     p = sub.add_parser("info", help="summarise a dataset")
     p.add_argument("target", metavar="NAME|PATH", help="dataset name, minari:<id>, or HDF5 file")
     p.add_argument("--dataset", metavar="PATH", help="explicit file (or minari:<id>) for NAME")
     p.add_argument("--no-download", action="store_true", help="never download")
     p.set_defaults(func=cmd_info)
 
+
+def _add_list_parser(sub: argparse._SubParsersAction) -> None:
+    """``datasets list``: :func:`cmd_list`."""
     p = sub.add_parser("list", help="list the datasets on this machine")
     p.set_defaults(func=cmd_list)
 
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    """``datasets export NAME --format minari``: :func:`cmd_export`."""
     p = sub.add_parser("export", help="write a dataset in another format")
     p.add_argument("name", help="dataset name (or minari:<id>)")
     p.add_argument("--format", required=True, choices=["minari"], help="output format")
@@ -246,6 +266,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="Minari id to create (default ombrl/<env>/<kind>-v2)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_collect_parser(sub: argparse._SubParsersAction) -> None:
+    """``datasets collect NAME``: :func:`cmd_collect`, with the SAC options."""
     p = sub.add_parser(
         "collect", help="record a dataset under the D4RL protocol",
         description="Record a D4RL-protocol dataset on the environments D4RL was recorded with "
@@ -265,8 +288,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch training lines")
+    _add_sac_options(p.add_argument_group(
+        "SAC-based kinds (medium, medium-replay, expert, medium-expert)"))
+    p.set_defaults(func=cmd_collect)
+
+
+def _add_sac_options(sac: argparse._ArgumentGroup) -> None:
+    """The :data:`SAC_OPTIONS` flags; unset ones stay None or False (see :func:`cmd_collect`)."""
     defaults = SACCollectionOptions()
-    sac = p.add_argument_group("SAC-based kinds (medium, medium-replay, expert, medium-expert)")
     sac.add_argument("--target_score", type=float,
                      help="D4RL normalised score at which the medium policy stops training "
                      f"(default {defaults.target_score:g}, a third of expert)")
@@ -292,12 +321,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="where policy runs are kept (default $OMBRL_DATASETS_DIR/policies)")
     sac.add_argument("--retrain", action="store_true",
                      help="train the policies again even if finished runs exist")
-    p.set_defaults(func=cmd_collect)
-
-    from offline_mbrl.models.uncertainty_command import add_uncertainty_parser
-
-    add_uncertainty_parser(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -213,6 +213,37 @@ def load_d4rl_hdf5(path: str | os.PathLike[str], env_name: str | None = None) ->
     """
     path = Path(path)
     source = str(path)
+    raw, infos_raw, metadata = _read_file(path, source)
+    n = _check_row_shapes(raw, source)
+    infos = _check_infos(infos_raw, n, source)
+    rows = _typed_rows(raw, source)
+    if "next_observations" not in raw:
+        rows, infos = _derive_next_observations(rows, infos, metadata)
+    dataset = OfflineDataset(
+        observations=rows["observations"],
+        actions=rows["actions"],
+        rewards=rows["rewards"],
+        next_observations=rows["next_observations"],
+        terminals=rows["terminals"],
+        timeouts=rows["timeouts"],
+        infos=infos,
+        metadata=metadata,
+        name=env_name or path.stem,
+    )
+    if env_name is not None:
+        check_env_dims(dataset, env_name, source)
+    return dataset
+
+
+def _read_file(
+    path: Path, source: str
+) -> tuple[dict[str, np.ndarray], dict[str, object], dict[str, object]]:
+    """The raw contents of a D4RL file: ``(rows, infos, metadata)``.
+
+    ``rows`` maps :data:`REQUIRED_KEYS` (and ``next_observations`` when present) to the
+    stored arrays, ``[N, ...]`` as written; ``infos`` holds ``infos/*`` and ``metadata``
+    holds ``metadata/*`` and the file's attributes, decoded.
+    """
     if not path.is_file():
         raise UserError(f"dataset file {source} does not exist: check the path or --dataset")
     try:
@@ -229,8 +260,7 @@ def load_d4rl_hdf5(path: str | os.PathLike[str], env_name: str | None = None) ->
                     f"(needs {', '.join(REQUIRED_KEYS)})"
                 )
         raw = {key: f[key][()] for key in REQUIRED_KEYS}
-        has_next = "next_observations" in f and isinstance(f["next_observations"], h5py.Dataset)
-        if has_next:
+        if "next_observations" in f and isinstance(f["next_observations"], h5py.Dataset):
             raw["next_observations"] = f["next_observations"][()]
         infos_group, metadata_group = f.get("infos"), f.get("metadata")
         infos_raw = (_read_group(infos_group, with_attrs=False)
@@ -238,7 +268,11 @@ def load_d4rl_hdf5(path: str | os.PathLike[str], env_name: str | None = None) ->
         metadata = _read_group(metadata_group) if isinstance(metadata_group, h5py.Group) else {}
         for key, attr in f.attrs.items():
             metadata.setdefault(key, _decode(attr))
+    return raw, infos_raw, metadata
 
+
+def _check_row_shapes(raw: dict[str, np.ndarray], source: str) -> int:
+    """Check the arrays' shapes and lengths, flattening ``[N, 1]`` flags in place; ``N``."""
     # Some writers store rewards/terminals as [N, 1].
     for key in ("rewards", "terminals", "timeouts"):
         if raw[key].ndim == 2 and raw[key].shape[1] == 1:
@@ -257,11 +291,17 @@ def load_d4rl_hdf5(path: str | os.PathLike[str], env_name: str | None = None) ->
                 f"{source}: '{key}' has {value.shape[0]} rows but 'observations' has {n}: "
                 "the file is truncated or corrupt; re-download or re-collect it"
             )
-    if has_next and raw["next_observations"].shape[1] != raw["observations"].shape[1]:
+    if "next_observations" in raw \
+            and raw["next_observations"].shape[1] != raw["observations"].shape[1]:
         raise UserError(
             f"{source}: 'next_observations' have {raw['next_observations'].shape[1]} dimensions "
             f"but 'observations' have {raw['observations'].shape[1]}: the file is corrupt"
         )
+    return int(n)
+
+
+def _check_infos(infos_raw: dict[str, object], n: int, source: str) -> dict[str, np.ndarray]:
+    """The ``infos/*`` values as arrays, each checked to have ``n`` rows."""
     infos: dict[str, np.ndarray] = {}
     for key, value in infos_raw.items():
         array = np.asarray(value)
@@ -271,42 +311,41 @@ def load_d4rl_hdf5(path: str | os.PathLike[str], env_name: str | None = None) ->
                 f"'observations' has {n}: the file is truncated or corrupt"
             )
         infos[key] = array
+    return infos
 
-    observations = raw["observations"].astype(np.float32, copy=False)
-    actions = raw["actions"].astype(np.float32, copy=False)
-    rewards = raw["rewards"].astype(np.float32, copy=False)
-    terminals = raw["terminals"].astype(bool, copy=False)
-    timeouts = raw["timeouts"].astype(bool, copy=False)
-    for key, array in (("observations", observations), ("actions", actions),
-                       ("rewards", rewards)):
-        _check_finite(array, key, source)
 
-    if has_next:
-        next_observations = raw["next_observations"].astype(np.float32, copy=False)
-        _check_finite(next_observations, "next_observations", source)
-    else:
-        keep, next_observations = derive_transitions(observations, terminals, timeouts)
-        reset_rows = np.flatnonzero(terminals[keep])
-        observations, actions, rewards = observations[keep], actions[keep], rewards[keep]
-        terminals, timeouts = terminals[keep], timeouts[keep]
-        infos = {key: value[keep] for key, value in infos.items()}
-        metadata["next_observations_derived"] = True
-        metadata["reset_next_observation_rows"] = reset_rows
+def _typed_rows(raw: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """The per-row arrays cast to float32 (flags to bool), refusing non-finite values."""
+    rows = {
+        "observations": raw["observations"].astype(np.float32, copy=False),
+        "actions": raw["actions"].astype(np.float32, copy=False),
+        "rewards": raw["rewards"].astype(np.float32, copy=False),
+        "terminals": raw["terminals"].astype(bool, copy=False),
+        "timeouts": raw["timeouts"].astype(bool, copy=False),
+    }
+    for key in ("observations", "actions", "rewards"):
+        _check_finite(rows[key], key, source)
+    if "next_observations" in raw:
+        rows["next_observations"] = raw["next_observations"].astype(np.float32, copy=False)
+        _check_finite(rows["next_observations"], "next_observations", source)
+    return rows
 
-    dataset = OfflineDataset(
-        observations=observations,
-        actions=actions,
-        rewards=rewards,
-        next_observations=next_observations,
-        terminals=terminals,
-        timeouts=timeouts,
-        infos=infos,
-        metadata=metadata,
-        name=env_name or path.stem,
-    )
-    if env_name is not None:
-        check_env_dims(dataset, env_name, source)
-    return dataset
+
+def _derive_next_observations(
+    rows: dict[str, np.ndarray], infos: dict[str, np.ndarray], metadata: dict[str, object]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rows and infos of a file without ``next_observations``, as :func:`derive_transitions`.
+
+    Returns the kept rows (``next_observations`` added) and infos; ``metadata`` records the
+    derivation and the reset rows in place.
+    """
+    keep, next_observations = derive_transitions(
+        rows["observations"], rows["terminals"], rows["timeouts"])
+    metadata["next_observations_derived"] = True
+    metadata["reset_next_observation_rows"] = np.flatnonzero(rows["terminals"][keep])
+    kept = {key: value[keep] for key, value in rows.items()}
+    kept["next_observations"] = next_observations
+    return kept, {key: value[keep] for key, value in infos.items()}
 
 
 def _write_value(group: h5py.Group, key: str, value: object) -> None:

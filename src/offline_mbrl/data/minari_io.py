@@ -16,8 +16,10 @@ import os
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from offline_mbrl.data.d4rl import env_dims, episode_segments
 from offline_mbrl.data.dataset import OfflineDataset
@@ -100,11 +102,31 @@ def load_minari(dataset_id: str) -> OfflineDataset:
         UserError: Minari missing, dataset not found locally, or not vector observations.
     """
     dataset_id = dataset_id.removeprefix("minari:")
+    data = _open_local(dataset_id)
+    columns, info_columns = _episode_columns(data, dataset_id)
+    if not columns["rewards"]:
+        raise UserError(f"Minari dataset '{dataset_id}' has no episodes: re-create it")
+    return OfflineDataset(
+        observations=np.concatenate(columns["observations"]).astype(np.float32, copy=False),
+        actions=np.concatenate(columns["actions"]).astype(np.float32, copy=False),
+        rewards=np.concatenate(columns["rewards"]).astype(np.float32, copy=False),
+        next_observations=np.concatenate(columns["next_observations"]).astype(np.float32,
+                                                                              copy=False),
+        terminals=np.concatenate(columns["terminals"]),
+        timeouts=np.concatenate(columns["timeouts"]),
+        infos={k: np.concatenate(v) for k, v in (info_columns or {}).items()},
+        metadata=_loaded_metadata(data, dataset_id),
+        name=f"minari:{dataset_id}",
+    )
+
+
+def _open_local(dataset_id: str) -> Any:
+    """The ``MinariDataset`` stored locally as ``dataset_id``; a :class:`UserError` if absent."""
     minari = import_minari()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data = minari.load_dataset(dataset_id, download=False)
+            return minari.load_dataset(dataset_id, download=False)
     except FileNotFoundError as exc:
         raise UserError(
             f"Minari dataset '{dataset_id}' is not stored under {minari_root()}: download it with "
@@ -114,6 +136,17 @@ def load_minari(dataset_id: str) -> OfflineDataset:
         raise UserError(f"cannot load Minari dataset '{dataset_id}': {exc}".rstrip(".") +
                         ": check the id") from exc
 
+
+def _episode_columns(
+    data: Any, dataset_id: str
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]] | None]:
+    """Every episode's rows, as per-episode arrays: ``(columns, info_columns)``.
+
+    An episode of ``n`` steps adds ``observations`` and ``next_observations``
+    ``[n, obs_dim]``, ``actions`` ``[n, act_dim]``, ``rewards``, ``terminals`` and ``timeouts``
+    ``[n]`` to ``columns``; ``info_columns`` keeps the numeric infos present, with the same
+    trailing shape, in every episode (None when there are no episodes).
+    """
     columns: dict[str, list[np.ndarray]] = {k: [] for k in (
         "observations", "next_observations", "actions", "rewards", "terminals", "timeouts")}
     info_columns: dict[str, list[np.ndarray]] | None = None
@@ -130,19 +163,34 @@ def load_minari(dataset_id: str) -> OfflineDataset:
         columns["rewards"].append(np.asarray(episode.rewards).reshape(n))
         columns["terminals"].append(np.asarray(episode.terminations, dtype=bool).reshape(n))
         columns["timeouts"].append(np.asarray(episode.truncations, dtype=bool).reshape(n))
-        flat = {k: v for k, v in _flatten(episode.infos or {}).items()
-                if v.ndim >= 1 and v.shape[0] in (n, n + 1) and v.dtype.kind in "biuf"}
-        if info_columns is None:
-            info_columns = {k: [v[:n]] for k, v in flat.items()}
-        else:
-            for key in list(info_columns):
-                if key in flat and flat[key].shape[1:] == info_columns[key][0].shape[1:]:
-                    info_columns[key].append(flat[key][:n])
-                else:
-                    del info_columns[key]
+        info_columns = _add_infos(info_columns, episode.infos, n)
+    return columns, info_columns
 
-    if not columns["rewards"]:
-        raise UserError(f"Minari dataset '{dataset_id}' has no episodes: re-create it")
+
+def _add_infos(
+    info_columns: dict[str, list[np.ndarray]] | None, infos: object, n: int
+) -> dict[str, list[np.ndarray]]:
+    """``info_columns`` with one more episode's per-step infos (``n`` steps) appended.
+
+    The first episode sets the keys; a later episode drops every key it lacks or stores with
+    another trailing shape. Infos of ``n + 1`` entries (Minari's collector stores the reset
+    info first) keep their first ``n``.
+    """
+    flat = {k: v for k, v in _flatten(infos or {}).items()
+            if v.ndim >= 1 and v.shape[0] in (n, n + 1) and v.dtype.kind in "biuf"}
+    if info_columns is None:
+        return {k: [v[:n]] for k, v in flat.items()}
+    for key in list(info_columns):
+        if key in flat and flat[key].shape[1:] == info_columns[key][0].shape[1:]:
+            info_columns[key].append(flat[key][:n])
+        else:
+            del info_columns[key]
+    return info_columns
+
+
+def _loaded_metadata(data: Any, dataset_id: str) -> dict[str, object]:
+    """This library's metadata stored with the dataset, plus Minari's id, version, algorithm
+    and environment id."""
     metadata: dict[str, object] = {}
     raw_metadata = data.storage.metadata
     stored = raw_metadata.get(METADATA_KEY)
@@ -156,19 +204,7 @@ def load_minari(dataset_id: str) -> OfflineDataset:
             metadata.setdefault(key, raw_metadata[key])
     if data.spec.env_spec is not None:
         metadata.setdefault("env_id", data.spec.env_spec.id)
-
-    return OfflineDataset(
-        observations=np.concatenate(columns["observations"]).astype(np.float32, copy=False),
-        actions=np.concatenate(columns["actions"]).astype(np.float32, copy=False),
-        rewards=np.concatenate(columns["rewards"]).astype(np.float32, copy=False),
-        next_observations=np.concatenate(columns["next_observations"]).astype(np.float32,
-                                                                              copy=False),
-        terminals=np.concatenate(columns["terminals"]),
-        timeouts=np.concatenate(columns["timeouts"]),
-        infos={k: np.concatenate(v) for k, v in (info_columns or {}).items()},
-        metadata=metadata,
-        name=f"minari:{dataset_id}",
-    )
+    return metadata
 
 
 def default_minari_id(name: str) -> str:
@@ -215,9 +251,28 @@ def export_minari(
     """
     dataset_id = dataset_id.removeprefix("minari:")
     minari = import_minari()
-    from gymnasium import spaces
-    from minari.data_collector import EpisodeBuffer
-    from minari.dataset.minari_dataset import parse_dataset_id
+    target = _new_dataset_dir(dataset_id)
+    if len(dataset) == 0:
+        raise UserError(f"dataset {dataset.name} is empty: nothing to export")
+    gym_id = _env_id(dataset, env_id)
+    if gym_id is not None:
+        _check_dims(dataset, gym_id)
+    buffers = _episode_buffers(dataset)
+    try:
+        with warnings.catch_warnings():
+            # Minari warns about every unset optional field (author, permalink, ...).
+            warnings.simplefilter("ignore")
+            _create(minari, dataset, dataset_id, gym_id, buffers)
+    except ValueError as exc:
+        raise UserError(f"cannot create Minari dataset '{dataset_id}': {exc}".rstrip(".") +
+                        ": choose another id") from exc
+    return target
+
+
+def _new_dataset_dir(dataset_id: str) -> Path:
+    """Where ``dataset_id`` will be stored; a :class:`UserError` if the id is malformed or
+    taken."""
+    from minari.dataset.minari_dataset import parse_dataset_id  # optional dependency
 
     try:
         parse_dataset_id(dataset_id)
@@ -228,19 +283,26 @@ def export_minari(
     if target.exists():
         raise UserError(f"Minari dataset '{dataset_id}' already exists at {target}: choose "
                         "another id (--minari-id) or delete it with `minari delete`")
-    if len(dataset) == 0:
-        raise UserError(f"dataset {dataset.name} is empty: nothing to export")
+    return target
 
-    gym_id = _env_id(dataset, env_id)
-    observation_space = spaces.Box(-np.inf, np.inf, (dataset.obs_dim,), np.float32)
-    action_space = spaces.Box(-np.inf, np.inf, (dataset.act_dim,), np.float32)
-    if gym_id is not None:
-        obs_dim, act_dim = env_dims(gym_id)
-        if (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
-            raise UserError(
-                f"dataset {dataset.name} has obs/action dims {dataset.obs_dim}/{dataset.act_dim} "
-                f"but {gym_id} has {obs_dim}/{act_dim}: pass the right env id"
-            )
+
+def _check_dims(dataset: OfflineDataset, gym_id: str) -> None:
+    """Raise a :class:`UserError` unless ``dataset`` has ``gym_id``'s dimensions."""
+    obs_dim, act_dim = env_dims(gym_id)
+    if (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise UserError(
+            f"dataset {dataset.name} has obs/action dims {dataset.obs_dim}/{dataset.act_dim} "
+            f"but {gym_id} has {obs_dim}/{act_dim}: pass the right env id"
+        )
+
+
+def _episode_buffers(dataset: OfflineDataset) -> list[Any]:
+    """One Minari ``EpisodeBuffer`` per episode of ``dataset``.
+
+    An episode of rows ``start:stop`` stores ``stop - start + 1`` observations (the last
+    ``next_observations`` row closes it) and ``stop - start`` actions, rewards, flags and infos.
+    """
+    from minari.data_collector import EpisodeBuffer  # optional dependency
 
     buffers = []
     segments = episode_segments(dataset, split_on_discontinuity=True)
@@ -258,30 +320,25 @@ def export_minari(
             truncations=np.asarray(dataset.timeouts[start:stop], dtype=bool),
             infos=_nest(infos) or None,
         ))
+    return buffers
 
+
+def _create(minari: ModuleType, dataset: OfflineDataset, dataset_id: str, gym_id: str | None,
+            buffers: list[Any]) -> None:
+    """Have Minari write ``buffers`` as ``dataset_id``, with this library's metadata."""
     protocol = dataset.metadata.get("protocol") or dataset.metadata.get("algorithm")
-    try:
-        with warnings.catch_warnings():
-            # Minari warns about every unset optional field (author, permalink, ...).
-            warnings.simplefilter("ignore")
-            created = minari.create_dataset_from_buffers(
-                dataset_id=dataset_id,
-                buffer=buffers,
-                env=gym_id,
-                observation_space=observation_space,
-                action_space=action_space,
-                algorithm_name=str(protocol) if protocol else None,
-                author="offline_mbrl",
-                description=f"{dataset.name} exported by offline_mbrl",
-                data_format="hdf5",
-            )
-            created.storage.update_metadata(
-                {METADATA_KEY: _plain_metadata(dataset.metadata)}
-            )
-    except ValueError as exc:
-        raise UserError(f"cannot create Minari dataset '{dataset_id}': {exc}".rstrip(".") +
-                        ": choose another id") from exc
-    return target
+    created = minari.create_dataset_from_buffers(
+        dataset_id=dataset_id,
+        buffer=buffers,
+        env=gym_id,
+        observation_space=spaces.Box(-np.inf, np.inf, (dataset.obs_dim,), np.float32),
+        action_space=spaces.Box(-np.inf, np.inf, (dataset.act_dim,), np.float32),
+        algorithm_name=str(protocol) if protocol else None,
+        author="offline_mbrl",
+        description=f"{dataset.name} exported by offline_mbrl",
+        data_format="hdf5",
+    )
+    created.storage.update_metadata({METADATA_KEY: _plain_metadata(dataset.metadata)})
 
 
 def _nest(flat: dict[str, np.ndarray]) -> dict[str, object]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from offline_mbrl.envs.termination import get_termination_fn
 from offline_mbrl.models.layers import BatchedMLP, member_generators
 
 ModelType = Literal["probabilistic", "deterministic"]
@@ -471,8 +472,6 @@ class EnvironmentModel(nn.Module):
         """The termination rule in use: ``termination_fn`` if assigned, else the rule of
         ``env_name`` (looked up once and kept), else ``None`` (never terminates)."""
         if self.termination_fn is None and self.env_name is not None:
-            from offline_mbrl.envs.termination import get_termination_fn
-
             self.termination_fn = get_termination_fn(self.env_name)
         return self.termination_fn
 

@@ -25,8 +25,10 @@ import torch
 
 from offline_mbrl.checkpoint import atomic_torch_save
 from offline_mbrl.data.dataset import OfflineDataset
+from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.errors import UserError
 from offline_mbrl.models.ensemble import EnvironmentModel
+from offline_mbrl.models.training import resolve_device
 from offline_mbrl.paths import child_path
 
 FORMAT = "offline_mbrl.environment_model"
@@ -156,8 +158,6 @@ def load_environment_model(
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise _bad_file(path, f"weights do not match the architecture: {first_line[:160]}") \
             from None
-    from offline_mbrl.models.training import resolve_device
-
     model = model.to(resolve_device(str(device)))
     model.eval()
     return model, meta
@@ -171,8 +171,6 @@ def check_model_matches(
     Checks the observation and action dimensions, the dataset's content hash when the
     model recorded one, and the environment family when both names are known.
     """
-    from offline_mbrl.envs.registry import get_env_spec
-
     fix = "retrain the model on this dataset (train_environment_model.py --overwrite) or pass " \
           "the matching model file"
     obs_dim, act_dim = metadata.get("obs_dim"), metadata.get("act_dim")

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, ValidationError, model_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.tensorboard import SummaryWriter
 
 from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.errors import NonFiniteError, UserError, validation_message
@@ -188,14 +191,6 @@ class _Progress:
         self.bar: Any = None
         self.task: Any = None
         if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                 MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
             self.task = self.bar.add_task("model epoch 1", total=batches_per_epoch)
@@ -251,24 +246,37 @@ def train_environment_model(
         UserError: unusable dataset or device; :class:`NonFiniteError` if the loss diverges.
     """
     config = config or EnvironmentModelConfiguration()
-    device = resolve_device(config.device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    device = _training_device(config.device)
     _check_finite(dataset)
     start = time.perf_counter()
-    name = env_name or dataset.name or ""
-    patience = config.training_patience or default_patience(name)
+    patience = config.training_patience or default_patience(env_name or dataset.name or "")
     dataset_hash = dataset.content_hash()
     train_idx, val_idx = split_indices(len(dataset), config.validation_fraction, config.seed,
                                        dataset_hash)
+    model = _build_model(dataset, config, env_name, initial, device)
+    rows = _normalised_rows(model, dataset, train_idx, val_idx, device)
+    history, best = _fit(model, rows, config, patience, device, log_dir, progress)
+    elites = _finalise(model, best, config.n_elites)
+    return model, _metrics(model, rows, history, best, elites, patience=patience,
+                           dataset_hash=dataset_hash, start=start)
 
-    def column(array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
 
-    obs, action = column(dataset.observations), column(dataset.actions)
-    next_obs, reward = column(dataset.next_observations), column(dataset.rewards)
-    tr, va = (_without_resets(idx, dataset).to(device) for idx in (train_idx, val_idx))
+def _training_device(device: str) -> torch.device:
+    """:func:`resolve_device`; on the CPU, also applies :func:`keep_freed_memory`."""
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
+        keep_freed_memory()
+    return resolved
 
+
+def _build_model(
+    dataset: OfflineDataset,
+    config: EnvironmentModelConfiguration,
+    env_name: str | None,
+    initial: EnvironmentModel | None,
+    device: torch.device,
+) -> EnvironmentModel:
+    """A fresh ensemble for ``dataset``'s dimensions, or one warm-started from ``initial``."""
     model = EnvironmentModel(
         dataset.obs_dim, dataset.act_dim, type=config.type, n_networks=config.n_networks,
         n_hidden_layers=config.n_hidden_layers, n_hidden_units=config.n_hidden_units,
@@ -276,137 +284,287 @@ def train_environment_model(
     ).to(device)
     if initial is not None:
         state = initial.state_dict()
-        state["elites"] = model.elites  # chosen again below
+        state["elites"] = model.elites  # chosen again after training
         model.load_state_dict(state)
+    return model
+
+
+@dataclass
+class _Rows:
+    """The normalised training and validation rows, on the training device.
+
+    ``*_x`` are inputs ``[n, obs_dim + act_dim]``, ``*_d`` delta targets ``[n, obs_dim]`` and
+    ``*_r`` reward targets ``[n]``, with ``n`` the number of training or validation rows.
+    """
+
+    train_x: torch.Tensor
+    train_d: torch.Tensor
+    train_r: torch.Tensor
+    val_x: torch.Tensor
+    val_d: torch.Tensor
+    val_r: torch.Tensor
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_x.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        return int(self.val_x.shape[0])
+
+    def mean_predictor_mse(self, obs_dim: int) -> float:
+        """Validation MSE of always predicting the training mean, i.e. 0 in normalised units."""
+        return float((self.val_d.square().sum() + self.val_r.square().sum())
+                     / (self.n_val * (obs_dim + 1)))
+
+
+def _normalised_rows(
+    model: EnvironmentModel,
+    dataset: OfflineDataset,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    device: torch.device,
+) -> _Rows:
+    """Fit ``model``'s normaliser and standardise the rows of both splits.
+
+    ``train_idx`` and ``val_idx`` are ``[n]`` row indices of ``dataset``; rows whose next
+    observation belongs to another episode are dropped from both.
+    """
+
+    def column(array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+
+    obs, action = column(dataset.observations), column(dataset.actions)
+    next_obs, reward = column(dataset.next_observations), column(dataset.rewards)
+    tr, va = (_without_resets(idx, dataset).to(device) for idx in (train_idx, val_idx))
     norm = model.normalizer
     # Statistics from the training split only; the clipping range from all data.
     norm.fit(obs[tr], action[tr], next_obs[tr], reward[tr],
              range_obs=torch.cat([obs, next_obs]), range_reward=reward)
-    # Normalise once up front so that a batch is a single gather.
+    # Normalise once up front so that a batch is a single gather; the raw columns are
+    # freed when this returns.
     inputs = norm.inputs(obs, action)
     delta_t, reward_t = norm.targets(obs, next_obs, reward)
-    train_x, train_d, train_r = inputs[tr], delta_t[tr], reward_t[tr]
-    val_x, val_d, val_r = inputs[va], delta_t[va], reward_t[va]
-    del obs, action, next_obs, reward, inputs, delta_t, reward_t
-    n_train, n_val = int(train_x.shape[0]), int(val_x.shape[0])
-    # The mean predictor outputs the training mean, i.e. 0 in normalised units.
-    mean_predictor = float((val_d.square().sum() + val_r.square().sum())
-                           / (n_val * (model.obs_dim + 1)))
+    return _Rows(inputs[tr], delta_t[tr], reward_t[tr], inputs[va], delta_t[va], reward_t[va])
 
-    params = list(model.parameters())
-    optimizer = _make_optimizer(params, config.lr)
+
+@dataclass
+class _BestWeights:
+    """Per-member early stopping: each member's best validation error, epoch and weights.
+
+    ``val`` is ``[E]`` float32 on the CPU, ``epoch`` ``[E]`` int64, and ``state`` maps every
+    parameter name to its ``[E, ...]`` values, each member's taken at its best epoch.
+    """
+
+    val: torch.Tensor
+    epoch: torch.Tensor
+    state: dict[str, torch.Tensor]
+    epochs_without_improvement: int = 0
+
+    @classmethod
+    def start(cls, model: EnvironmentModel) -> _BestWeights:
+        """No epoch yet: infinite errors and the initial weights."""
+        n_members = model.n_networks
+        return cls(torch.full((n_members,), math.inf), torch.zeros(n_members, dtype=torch.long),
+                   {k: v.detach().clone() for k, v in model.named_parameters()})
+
+    def update(self, model: EnvironmentModel, val: torch.Tensor, epoch: int,
+               device: torch.device) -> None:
+        """Keep the weights of the members whose error ``val`` ``[E]`` improved in ``epoch``."""
+        improved = val < self.val
+        if not bool(improved.any()):
+            self.epochs_without_improvement += 1
+            return
+        self.epochs_without_improvement = 0
+        self.val = torch.where(improved, val, self.val)
+        self.epoch[improved] = epoch
+        mask = improved.to(device)
+        with torch.no_grad():
+            for key, value in model.named_parameters():
+                keep = mask.view(-1, *([1] * (value.dim() - 1)))
+                self.state[key] = torch.where(keep, value.detach(), self.state[key])
+
+    def restore(self, model: EnvironmentModel) -> None:
+        """Load every member's best weights into ``model``."""
+        with torch.no_grad():
+            for key, value in model.named_parameters():
+                value.copy_(self.state[key])
+
+
+@dataclass
+class _History:
+    """What the epoch loop did: its counts, the last training loss and the epoch times."""
+
+    epochs: int = 0
+    batches: int = 0
+    train_loss: float = math.nan
+    stopped_early: bool = False
+    epoch_times: list[float] = field(default_factory=list)
+
+    def record(self, n_batches: int, train_loss: float) -> None:
+        """Count a finished epoch; a non-finite loss ends training with :class:`NonFiniteError`."""
+        self.batches += n_batches
+        self.epochs += 1
+        self.train_loss = train_loss
+        if not math.isfinite(train_loss):
+            raise NonFiniteError(
+                f"environment model loss became {train_loss} in epoch {self.epochs}: "
+                "lower the learning rate (lr) or check the dataset"
+            )
+
+
+def _fit(
+    model: EnvironmentModel,
+    rows: _Rows,
+    config: EnvironmentModelConfiguration,
+    patience: int,
+    device: torch.device,
+    log_dir: str | Path | None,
+    progress: bool,
+) -> tuple[_History, _BestWeights]:
+    """The epoch loop: train, validate, keep the best weights, stop early or at a limit."""
+    optimizer = _make_optimizer(list(model.parameters()), config.lr)
     shuffle = torch.Generator().manual_seed(config.seed * 7919 + 17)
-    writer = None
-    if log_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(log_dir))
-
-    n_members = model.n_networks
-    best_val = torch.full((n_members,), math.inf)
-    best_epoch = torch.zeros(n_members, dtype=torch.long)
-    best_state = {k: v.detach().clone() for k, v in model.named_parameters()}
-    batch_size = config.batch_size
-    batches_per_epoch = math.ceil(n_train / batch_size)
+    writer = SummaryWriter(str(log_dir)) if log_dir is not None else None
+    best = _BestWeights.start(model)
+    history = _History()
+    batches_per_epoch = math.ceil(rows.n_train / config.batch_size)
     max_batches = config.max_number_of_training_batches or math.inf
     max_epochs = config.max_number_of_training_epochs or math.inf
-    epochs = batches = epochs_without_improvement = 0
-    stopped_early = False
-    train_loss = math.nan
-    epoch_times: list[float] = []
-    bfloat16 = config.precision == "bfloat16"
-
     model.train()
     try:
         with _Progress(progress, batches_per_epoch) as bar:
-            while epochs < max_epochs and batches < max_batches:
+            while history.epochs < max_epochs and history.batches < max_batches:
                 epoch_start = time.perf_counter()
-                perm = torch.randperm(n_train, generator=shuffle).to(device)
-                loss_sum = torch.zeros((), device=device)
-                n_batches = int(min(batches_per_epoch, max_batches - batches))
+                order = torch.randperm(rows.n_train, generator=shuffle).to(device)
+                n_batches = int(min(batches_per_epoch, max_batches - history.batches))
                 bar.update(completed=0, total=n_batches,
-                           description=f"model epoch {epochs + 1}")
-                for i, idx in enumerate(perm[: n_batches * batch_size].split(batch_size)):
-                    if bfloat16:
-                        with torch.autocast(device.type, dtype=torch.bfloat16):
-                            low = model.forward_normalized(train_x[idx])
-                        outputs = EnsembleOutput(*(o.float() for o in low))
-                    else:
-                        outputs = model.forward_normalized(train_x[idx])
-                    loss, _ = model.loss(outputs, train_d[idx], train_r[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    loss_sum += loss.detach()
-                    if i % 64 == 63:
-                        bar.update(completed=i + 1)
-                batches += n_batches
-                epochs += 1
-                train_loss = float(loss_sum) / n_batches
-                if not math.isfinite(train_loss):
-                    raise NonFiniteError(
-                        f"environment model loss became {train_loss} in epoch {epochs}: "
-                        "lower the learning rate (lr) or check the dataset"
-                    )
-
-                model.eval()
-                val = validation_mse(model, val_x, val_d, val_r).cpu()
-                model.train()
-                improved = val < best_val
-                if bool(improved.any()):
-                    epochs_without_improvement = 0
-                    best_val = torch.where(improved, val, best_val)
-                    best_epoch[improved] = epochs
-                    mask = improved.to(device)
-                    with torch.no_grad():
-                        for key, value in model.named_parameters():
-                            keep = mask.view(-1, *([1] * (value.dim() - 1)))
-                            best_state[key] = torch.where(keep, value.detach(), best_state[key])
-                else:
-                    epochs_without_improvement += 1
-                epoch_times.append(time.perf_counter() - epoch_start)
-                bar.update(completed=n_batches, description=(
-                    f"model epoch {epochs}: val MSE {float(val.mean()):.4g} "
-                    f"(best {float(best_val.mean()):.4g}, "
-                    f"{epochs_without_improvement}/{patience} w/o improvement)"))
-                if writer is not None:
-                    writer.add_scalar("model/train_loss", train_loss, epochs)
-                    writer.add_scalar("model/val_mse", float(val.mean()), epochs)
-                    writer.add_scalar("model/best_val_mse", float(best_val.mean()), epochs)
-                    writer.add_scalar("model/epoch_time_s", epoch_times[-1], epochs)
-                    for e in range(n_members):
-                        writer.add_scalar(f"model/val_mse_member_{e}", float(val[e]), epochs)
-                if epochs_without_improvement >= patience:
-                    stopped_early = True
+                           description=f"model epoch {history.epochs + 1}")
+                history.record(n_batches, _train_epoch(model, optimizer, rows, order, n_batches,
+                                                       config, device, bar))
+                val = _validate(model, rows)
+                best.update(model, val, history.epochs, device)
+                history.epoch_times.append(time.perf_counter() - epoch_start)
+                _report_epoch(bar, writer, history, n_batches, val, best, patience)
+                if best.epochs_without_improvement >= patience:
+                    history.stopped_early = True
                     break
     finally:
         if writer is not None:
             writer.close()
+    return history, best
 
-    with torch.no_grad():
-        for key, value in model.named_parameters():
-            value.copy_(best_state[key])
-    n_elites = config.n_elites or n_members
-    elites = torch.argsort(best_val, stable=True)[:n_elites].sort().values
+
+def _train_epoch(
+    model: EnvironmentModel,
+    optimizer: torch.optim.Optimizer,
+    rows: _Rows,
+    order: torch.Tensor,
+    n_batches: int,
+    config: EnvironmentModelConfiguration,
+    device: torch.device,
+    bar: _Progress,
+) -> float:
+    """One pass of ``n_batches`` gradient steps; the mean training loss.
+
+    ``order`` is the ``[n_train]`` permutation of the training rows whose first
+    ``n_batches · batch_size`` entries, in batches of ``batch_size``, make the epoch.
+    """
+    batch_size = config.batch_size
+    bfloat16 = config.precision == "bfloat16"
+    loss_sum = torch.zeros((), device=device)
+    for i, idx in enumerate(order[: n_batches * batch_size].split(batch_size)):
+        if bfloat16:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                low = model.forward_normalized(rows.train_x[idx])
+            outputs = EnsembleOutput(*(o.float() for o in low))
+        else:
+            outputs = model.forward_normalized(rows.train_x[idx])
+        loss, _ = model.loss(outputs, rows.train_d[idx], rows.train_r[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        if i % 64 == 63:
+            bar.update(completed=i + 1)
+    return float(loss_sum) / n_batches
+
+
+def _validate(model: EnvironmentModel, rows: _Rows) -> torch.Tensor:
+    """``[E]`` per-member validation MSE on the CPU, computed in eval mode."""
+    model.eval()
+    val = validation_mse(model, rows.val_x, rows.val_d, rows.val_r).cpu()
+    model.train()
+    return val
+
+
+def _report_epoch(
+    bar: _Progress,
+    writer: SummaryWriter | None,
+    history: _History,
+    n_batches: int,
+    val: torch.Tensor,
+    best: _BestWeights,
+    patience: int,
+) -> None:
+    """Show the finished epoch on the progress bar and log its scalars to TensorBoard."""
+    epochs = history.epochs
+    bar.update(completed=n_batches, description=(
+        f"model epoch {epochs}: val MSE {float(val.mean()):.4g} "
+        f"(best {float(best.val.mean()):.4g}, "
+        f"{best.epochs_without_improvement}/{patience} w/o improvement)"))
+    if writer is None:
+        return
+    writer.add_scalar("model/train_loss", history.train_loss, epochs)
+    writer.add_scalar("model/val_mse", float(val.mean()), epochs)
+    writer.add_scalar("model/best_val_mse", float(best.val.mean()), epochs)
+    writer.add_scalar("model/epoch_time_s", history.epoch_times[-1], epochs)
+    for e in range(len(val)):
+        writer.add_scalar(f"model/val_mse_member_{e}", float(val[e]), epochs)
+
+
+def _finalise(model: EnvironmentModel, best: _BestWeights, n_elites: int | None) -> torch.Tensor:
+    """Restore the best weights, set the elites and switch to eval mode; ``[K]`` elites."""
+    best.restore(model)
+    n_elites = n_elites or model.n_networks
+    elites = torch.argsort(best.val, stable=True)[:n_elites].sort().values
     model.set_elites(elites)
     model.eval()
-    per_member = [float(v) for v in best_val]
-    metrics: dict[str, Any] = {
+    return elites
+
+
+def _metrics(
+    model: EnvironmentModel,
+    rows: _Rows,
+    history: _History,
+    best: _BestWeights,
+    elites: torch.Tensor,
+    *,
+    patience: int,
+    dataset_hash: str,
+    start: float,
+) -> dict[str, Any]:
+    """The metrics :func:`train_environment_model` returns (see its docstring).
+
+    ``start`` is the ``time.perf_counter()`` reading taken when training began.
+    """
+    per_member = [float(v) for v in best.val]
+    epoch_times = history.epoch_times
+    return {
         "val_mse": float(np.mean(per_member)),
         "val_mse_per_member": per_member,
         "val_mse_elites": float(np.mean([per_member[e] for e in elites.tolist()])),
-        "val_mse_mean_predictor": mean_predictor,
-        "best_epoch_per_member": [int(e) for e in best_epoch],
+        "val_mse_mean_predictor": rows.mean_predictor_mse(model.obs_dim),
+        "best_epoch_per_member": [int(e) for e in best.epoch],
         "elites": [int(e) for e in elites],
-        "epochs": epochs,
-        "batches": batches,
+        "epochs": history.epochs,
+        "batches": history.batches,
         "patience": patience,
-        "stopped_early": stopped_early,
-        "train_loss": train_loss,
+        "stopped_early": history.stopped_early,
+        "train_loss": history.train_loss,
         "epoch_time_s": float(np.mean(epoch_times)) if epoch_times else 0.0,
         "time_s": time.perf_counter() - start,
-        "n_train": n_train,
-        "n_val": n_val,
+        "n_train": rows.n_train,
+        "n_val": rows.n_val,
         "dataset_hash": dataset_hash,
     }
-    return model, metrics

@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from offline_mbrl.data.dataset import OfflineDataset
+from offline_mbrl.data.resolve import MINARI_PREFIX, load_dataset
+from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.errors import UserError
-
-if TYPE_CHECKING:
-    from rich.table import Table
-
-    from offline_mbrl.data.dataset import OfflineDataset
-    from offline_mbrl.models.ensemble import EnvironmentModel
+from offline_mbrl.models.ensemble import EnvironmentModel
+from offline_mbrl.models.io import check_model_matches, default_model_path, load_environment_model
+from offline_mbrl.models.statistics import statistics_path, uncertainty_statistics
 
 KINDS = ("aleatoric", "epistemic")
 
@@ -30,9 +33,6 @@ def model_path_for(name: str) -> Path:
     The same rule as the trainer's: the D4RL dataset name when ``name`` resolves to one,
     else ``name`` itself.
     """
-    from offline_mbrl.envs.registry import get_env_spec
-    from offline_mbrl.models.io import default_model_path
-
     dataset_name = None
     with contextlib.suppress(UserError):
         dataset_name = get_env_spec(name).dataset_name
@@ -40,8 +40,6 @@ def model_path_for(name: str) -> Path:
 
 
 def _env_name(name: str) -> str | None:
-    from offline_mbrl.data.resolve import MINARI_PREFIX
-
     return None if name.startswith(MINARI_PREFIX) else name
 
 
@@ -68,9 +66,6 @@ def load_model_for_dataset(name: str, dataset: str | None = None,
         UserError: no model file (the message says how to train one), or a model of
             another dataset.
     """
-    from offline_mbrl.data.resolve import load_dataset
-    from offline_mbrl.models.io import check_model_matches, load_environment_model
-
     data = load_dataset(name, dataset=dataset, allow_download=allow_download)
     path = Path(model_path).expanduser() if model_path is not None else model_path_for(name)
     if not path.is_file():
@@ -83,8 +78,6 @@ def load_model_for_dataset(name: str, dataset: str | None = None,
 
 def statistics_table(stats: dict[str, Any], title: str) -> Table:
     """A rich table of mean, std and max per uncertainty kind, with ``R_max``."""
-    from rich.table import Table
-
     r_max = float(stats["max_reward"])
     table = Table(title=title)
     table.add_column("uncertainty")
@@ -101,10 +94,6 @@ def statistics_table(stats: dict[str, Any], title: str) -> Table:
 
 def cmd_uncertainty(args: argparse.Namespace) -> int:
     """Print the uncertainty statistics of a dataset (computed once, then cached)."""
-    from rich.console import Console
-
-    from offline_mbrl.models.statistics import statistics_path, uncertainty_statistics
-
     model, path, data = load_model_for_dataset(args.name, dataset=args.dataset,
                                                model_path=args.model, device=args.device,
                                                allow_download=not args.no_download)
