@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import imageio.v2 as imageio
 import numpy as np
 import torch
+from PIL import Image
 
 from offline_mbrl.envs.registry import get_env_spec, make_env, make_vector_env
 from offline_mbrl.envs.scores import normalized_score
@@ -141,6 +143,25 @@ def evaluate_population(
         UserError: unknown environment, or a non-positive count or negative seed.
     """
     spec = get_env_spec(env_name)
+    _check_evaluation_counts(n_members, episodes, max_episode_length, seed)
+    envs = make_vector_env(env_name, n_members * episodes)
+    try:
+        returns, lengths = _run_episodes(
+            envs, policy, n_members, episodes, seed, max_episode_length, device
+        )
+    finally:
+        envs.close()
+    return EvaluationResult(
+        returns=returns.reshape(n_members, episodes),
+        lengths=lengths.reshape(n_members, episodes),
+        family=spec.family,
+    )
+
+
+def _check_evaluation_counts(
+    n_members: int, episodes: int, max_episode_length: int, seed: int
+) -> None:
+    """Refuse non-positive counts, a negative seed and more episodes than seeds can tell apart."""
     _check_positive("n_members", n_members)
     _check_positive("episodes", episodes)
     _check_positive("max_episode_length", max_episode_length)
@@ -151,51 +172,94 @@ def evaluate_population(
             f"seed * {SEED_STRIDE} + episode), got {episodes}: evaluate fewer episodes"
         )
 
+
+def _run_episodes(
+    envs: gym.vector.SyncVectorEnv,
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    n_members: int,
+    episodes: int,
+    seed: int,
+    max_episode_length: int,
+    device: str | torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reset ``envs`` (``P · episodes`` of them) and step them until every episode has ended.
+
+    Returns:
+        ``returns`` (float64) and ``lengths`` (int64), each ``[P · episodes]``, member-major.
+    """
     n_envs = n_members * episodes
     returns = np.zeros(n_envs, dtype=np.float64)
     lengths = np.zeros(n_envs, dtype=np.int64)
     active = np.ones(n_envs, dtype=bool)
-    envs = make_vector_env(env_name, n_envs)
-    try:
-        seeds: list[int | None] = [seed * SEED_STRIDE + e for _ in range(n_members)
-                                   for e in range(episodes)]
-        obs, _ = envs.reset(seed=seeds)
-        obs = np.array(obs, dtype=np.float32)
-        obs_dim = obs.shape[-1]
-        act_shape = (n_members, episodes, *(envs.single_action_space.shape or ()))
-        for _ in range(max_episode_length):
-            obs_t = torch.from_numpy(obs).to(device).reshape(n_members, episodes, obs_dim)
-            with torch.no_grad():
-                action_t = policy(obs_t)
-            if tuple(action_t.shape) != act_shape:
-                raise ValueError(
-                    f"policy returned actions of shape {tuple(action_t.shape)}, "
-                    f"expected {act_shape}"
-                )
-            actions = action_t.detach().cpu().numpy().reshape(n_envs, *act_shape[2:])
-            # Finished environments are not stepped at all: SyncVectorEnv.step would step
-            # every environment and autoreset the finished ones into episodes we discard.
-            for i in np.flatnonzero(active):
-                next_obs, reward, terminated, truncated, _ = envs.envs[i].step(actions[i])
-                returns[i] += float(reward)
-                lengths[i] += 1
-                obs[i] = next_obs
-                if terminated or truncated:
-                    active[i] = False
-            if not active.any():
-                break
-    finally:
-        envs.close()
-    return EvaluationResult(
-        returns=returns.reshape(n_members, episodes),
-        lengths=lengths.reshape(n_members, episodes),
-        family=spec.family,
-    )
+    seeds: list[int | None] = [seed * SEED_STRIDE + e for _ in range(n_members)
+                               for e in range(episodes)]
+    obs, _ = envs.reset(seed=seeds)
+    obs = np.array(obs, dtype=np.float32)
+    act_shape = (n_members, episodes, *(envs.single_action_space.shape or ()))
+    for _ in range(max_episode_length):
+        actions = _policy_actions(policy, obs, act_shape, device)
+        _step_active(envs, actions, active, obs, returns, lengths)
+        if not active.any():
+            break
+    return returns, lengths
+
+
+def _policy_actions(
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    obs: np.ndarray,
+    act_shape: tuple[int, ...],
+    device: str | torch.device,
+) -> np.ndarray:
+    """One policy call for every environment.
+
+    Args:
+        obs: ``[P · episodes, obs_dim]`` latest observations.
+        act_shape: ``(P, episodes, *action_shape)``, what the policy must return.
+
+    Returns:
+        ``[P · episodes, *action_shape]`` actions on the CPU.
+
+    Raises:
+        ValueError: the policy returned actions of another shape.
+    """
+    n_members, episodes = act_shape[:2]
+    obs_t = torch.from_numpy(obs).to(device).reshape(n_members, episodes, obs.shape[-1])
+    with torch.no_grad():
+        action_t = policy(obs_t)
+    if tuple(action_t.shape) != act_shape:
+        raise ValueError(
+            f"policy returned actions of shape {tuple(action_t.shape)}, "
+            f"expected {act_shape}"
+        )
+    return action_t.detach().cpu().numpy().reshape(n_members * episodes, *act_shape[2:])
+
+
+def _step_active(
+    envs: gym.vector.SyncVectorEnv,
+    actions: np.ndarray,
+    active: np.ndarray,
+    obs: np.ndarray,
+    returns: np.ndarray,
+    lengths: np.ndarray,
+) -> None:
+    """Step every environment whose episode goes on, updating the ``[P · episodes]`` arrays
+    ``active``, ``obs``, ``returns`` and ``lengths`` in place."""
+    # Finished environments are not stepped at all: SyncVectorEnv.step would step
+    # every environment and autoreset the finished ones into episodes we discard.
+    for i in np.flatnonzero(active):
+        next_obs, reward, terminated, truncated, _ = envs.envs[i].step(actions[i])
+        returns[i] += float(reward)
+        lengths[i] += 1
+        obs[i] = next_obs
+        if terminated or truncated:
+            active[i] = False
 
 
 def _ffmpeg_available() -> bool:
     """Whether imageio can write MP4 (needs the ``imageio-ffmpeg`` package and its binary)."""
     try:
+        # Imported here: the ImportError is the answer when imageio-ffmpeg is missing, and
+        # MP4 videos then fall back to GIFs.
         import imageio_ffmpeg
 
         imageio_ffmpeg.get_ffmpeg_exe()
@@ -311,8 +375,6 @@ class _Mp4Writer:
 
     def append(self, frame: np.ndarray) -> None:
         if self._writer is None:
-            import imageio.v2 as imageio
-
             height, width = frame.shape[:2]
             # yuv420p needs even sizes; with them, 1 avoids imageio's resize to multiples of 16.
             block = 1 if height % 2 == 0 and width % 2 == 0 else 16
@@ -344,8 +406,6 @@ class _GifWriter:
         return self
 
     def append(self, frame: np.ndarray) -> None:
-        from PIL import Image
-
         if self._count % self._stride == 0:
             # Paletted frames take a third of the memory of RGB ones.
             self._frames.append(Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE))

@@ -45,9 +45,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from offline_mbrl.envs.scores import normalized_score
 from offline_mbrl.errors import UserError
 from offline_mbrl.files import write_bytes_atomic
 from offline_mbrl.modes import pessimistic_modes
@@ -236,9 +238,6 @@ def _add_normalized_score(run: Run) -> None:
     parsed = _d4rl_dataset(run.env_name)
     if parsed is None:
         return
-    # Imported here: offline_mbrl.envs pulls in gymnasium, which plotting does not otherwise need.
-    from offline_mbrl.envs.scores import normalized_score
-
     run.progress[SCORE_COLUMN] = np.asarray(
         normalized_score(parsed[0], run.progress[RETURN_COLUMN]), dtype=float
     )
@@ -777,6 +776,34 @@ def summary_tables(
     return SummaryTables("\n".join(lines) + "\n", table.getvalue(), aggregate_table.getvalue())
 
 
+@dataclass(frozen=True)
+class _FinalEvalStyle:
+    """What every panel of :func:`plot_final_eval` draws.
+
+    Attributes:
+        value, xaxis: the y and x columns.
+        smooth_window: moving-average window of the curves, in points.
+        last_k: evaluations averaged for the baseline's final score.
+        modes: modes drawn as curves, in colour order.
+        baseline: mode drawn as a horizontal line, or None.
+        labels: mode -> legend label (modes without one keep their name).
+        has_curves: whether any curve mode has runs; panels then format x ticks in
+            scientific notation.
+    """
+
+    value: str
+    xaxis: str
+    smooth_window: int
+    last_k: int
+    modes: Sequence[str]
+    baseline: str | None
+    labels: Mapping[str, str]
+    has_curves: bool
+
+    def label(self, mode: str) -> str:
+        return self.labels.get(mode, mode)
+
+
 def plot_final_eval(
     runs: Iterable[Run],
     value: str = SCORE_COLUMN,
@@ -818,17 +845,57 @@ def plot_final_eval(
     """
     modes = pessimistic_modes() if modes is None else modes
     labels = dict(labels or {})
+    panels = _d4rl_panels(_by_dataset_and_mode(runs))
+    drawn_modes = [*modes, *([baseline] if baseline else [])]
+    xaxis, has_curves = _final_eval_columns(panels, modes, drawn_modes, value, xaxis)
+    style = _FinalEvalStyle(
+        value, xaxis, smooth_window, last_k, modes, baseline, labels, has_curves
+    )
+    fig, axes = _final_eval_grid(fig)
+    handles: dict[str, Line2D] = {}
+    for row, family in enumerate(ENV_FAMILIES):
+        for col, kind in enumerate(DATASET_KINDS):
+            ax = axes[row, col]
+            _draw_final_eval_panel(ax, panels.get((family, kind), {}), style, handles)
+            _label_final_eval_panel(ax, row, col, style)
+    _final_eval_legend(fig, handles, drawn_modes, style)
+    return fig
+
+
+def _d4rl_panels(
+    pairs: Mapping[tuple[str, str], list[Run]],
+) -> dict[tuple[str, str], dict[str, list[Run]]]:
+    """``(family, kind) -> mode -> runs`` of the D4RL datasets; warns about the other runs."""
     panels: dict[tuple[str, str], dict[str, list[Run]]] = {}
     ignored = 0
-    for (env_name, mode), members in _by_dataset_and_mode(runs).items():
+    for (env_name, mode), members in pairs.items():
         parsed = _d4rl_dataset(env_name)
         if parsed is None:
             ignored += len(members)
             continue
         panels.setdefault(parsed, {})[mode] = members
     if ignored:
-        warnings.warn(f"{ignored} runs not on a D4RL dataset are not in the figure", stacklevel=2)
-    drawn_modes = [*modes, *([baseline] if baseline else [])]
+        # stacklevel 3: the warning names the caller of plot_final_eval.
+        warnings.warn(f"{ignored} runs not on a D4RL dataset are not in the figure", stacklevel=3)
+    return panels
+
+
+def _final_eval_columns(
+    panels: Mapping[tuple[str, str], Mapping[str, list[Run]]],
+    modes: Sequence[str],
+    drawn_modes: Sequence[str],
+    value: str,
+    xaxis: str | None,
+) -> tuple[str, bool]:
+    """Check that the drawn runs logged ``value`` (and the curves ``xaxis``).
+
+    Returns:
+        The x column (``xaxis``, else :func:`default_xaxis` of the drawn runs) and whether
+        any curve mode has runs.
+
+    Raises:
+        UserError: no drawn run, or a column no run logged.
+    """
     panel_runs = [r for panel in panels.values() for m in drawn_modes for r in panel.get(m, [])]
     if not panel_runs:
         raise UserError(
@@ -841,84 +908,126 @@ def plot_final_eval(
     curve_runs = [r for panel in panels.values() for m in modes for r in panel.get(m, [])]
     if curve_runs:
         _check_column(curve_runs, xaxis, "--xaxis")
+    return xaxis, bool(curve_runs)
 
-    y_label = "normalised score" if value == SCORE_COLUMN else value
+
+def _final_eval_grid(fig: Figure | None) -> tuple[Figure, np.ndarray]:
+    """``fig`` (a new one if None) sized for the grid, and its axes ``[families, kinds]``."""
     fig = fig if fig is not None else Figure()
     fig.set_layout_engine("constrained")
     fig.set_size_inches(4 * len(DATASET_KINDS), 3.2 * len(ENV_FAMILIES) + 0.8)
     axes = fig.subplots(len(ENV_FAMILIES), len(DATASET_KINDS), squeeze=False)
-    handles: dict[str, Line2D] = {}
-    for row, family in enumerate(ENV_FAMILIES):
-        for col, kind in enumerate(DATASET_KINDS):
-            ax = axes[row, col]
-            panel = panels.get((family, kind), {})
-            # The normalised score always shows 0 to 100; other columns fit their data.
-            low, high = (0.0, 100.0) if value == SCORE_COLUMN else (math.inf, -math.inf)
-            drawn = False
-            for index, mode in enumerate(modes):
-                curve = seed_curve(panel.get(mode, []), value, xaxis, smooth_window)
-                if curve is None:
-                    continue
-                color = _color(index)
-                (line,) = ax.plot(curve.x, curve.mean, color=color, label=labels.get(mode, mode))
-                ax.fill_between(
-                    curve.x,
-                    curve.mean - curve.std,
-                    curve.mean + curve.std,
-                    color=color,
-                    alpha=0.2,
-                    linewidth=0,
-                )
-                handles.setdefault(mode, line)
-                low = min(low, float(np.min(curve.mean - curve.std)))
-                high = max(high, float(np.max(curve.mean + curve.std)))
-                drawn = True
-            if baseline and panel.get(baseline):
-                finals = np.array([run_final_score(r, value, last_k) for r in panel[baseline]])
-                finals = finals[np.isfinite(finals)]
-                if finals.size:
-                    level = float(finals.mean())
-                    line = ax.axhline(
-                        level,
-                        color="black",
-                        linestyle="--",
-                        linewidth=1.2,
-                        label=labels.get(baseline, baseline),
-                    )
-                    handles.setdefault(baseline, line)
-                    low, high, drawn = min(low, level), max(high, level), True
-            if not drawn:
-                ax.text(
-                    0.5,
-                    0.5,
-                    "no runs",
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="center",
-                    color="0.4",
-                )
-                ax.set_xticks([])
-            elif curve_runs:
-                ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-            if low <= high:
-                margin = 0.04 * (high - low) or 1.0
-                ax.set_ylim(low - margin, high + margin)
-            ax.grid(alpha=0.3)
-            if row == 0:
-                ax.set_title(kind)
-            if col == 0:
-                ax.set_ylabel(f"{family}\n{y_label}")
-            if row == len(ENV_FAMILIES) - 1:
-                ax.set_xlabel(xaxis)
+    return fig, axes
+
+
+def _draw_final_eval_panel(
+    ax: Axes, panel: Mapping[str, list[Run]], style: _FinalEvalStyle, handles: dict[str, Line2D]
+) -> None:
+    """Draw one dataset's curves and baseline, or "no runs", and fit the y range.
+
+    Args:
+        ax: the panel's axes.
+        panel: mode -> runs on this dataset.
+        style: what to draw.
+        handles: mode -> first line drawn for it; filled in for the legend.
+    """
+    # The normalised score always shows 0 to 100; other columns fit their data.
+    low, high = (0.0, 100.0) if style.value == SCORE_COLUMN else (math.inf, -math.inf)
+    low, high, drawn = _draw_mode_curves(ax, panel, style, handles, low, high)
+    level = _draw_baseline(ax, panel, style, handles)
+    if level is not None:
+        low, high, drawn = min(low, level), max(high, level), True
+    if not drawn:
+        ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.set_xticks([])
+    elif style.has_curves:
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    if low <= high:
+        margin = 0.04 * (high - low) or 1.0
+        ax.set_ylim(low - margin, high + margin)
+
+
+def _draw_mode_curves(
+    ax: Axes,
+    panel: Mapping[str, list[Run]],
+    style: _FinalEvalStyle,
+    handles: dict[str, Line2D],
+    low: float,
+    high: float,
+) -> tuple[float, float, bool]:
+    """Mean ± std curve of every mode with runs in ``panel``.
+
+    Args:
+        low, high: the y range so far.
+
+    Returns:
+        ``low`` and ``high`` widened to the bands drawn, and whether any curve was drawn.
+    """
+    drawn = False
+    for index, mode in enumerate(style.modes):
+        curve = seed_curve(panel.get(mode, []), style.value, style.xaxis, style.smooth_window)
+        if curve is None:
+            continue
+        color = _color(index)
+        (line,) = ax.plot(curve.x, curve.mean, color=color, label=style.label(mode))
+        ax.fill_between(
+            curve.x,
+            curve.mean - curve.std,
+            curve.mean + curve.std,
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+        )
+        handles.setdefault(mode, line)
+        low = min(low, float(np.min(curve.mean - curve.std)))
+        high = max(high, float(np.max(curve.mean + curve.std)))
+        drawn = True
+    return low, high, drawn
+
+
+def _draw_baseline(
+    ax: Axes, panel: Mapping[str, list[Run]], style: _FinalEvalStyle, handles: dict[str, Line2D]
+) -> float | None:
+    """Dashed line at the baseline's mean final score; returns its level, None if not drawn."""
+    baseline = style.baseline
+    if not baseline or not panel.get(baseline):
+        return None
+    finals = np.array([run_final_score(r, style.value, style.last_k) for r in panel[baseline]])
+    finals = finals[np.isfinite(finals)]
+    if not finals.size:
+        return None
+    level = float(finals.mean())
+    line = ax.axhline(
+        level, color="black", linestyle="--", linewidth=1.2, label=style.label(baseline)
+    )
+    handles.setdefault(baseline, line)
+    return level
+
+
+def _label_final_eval_panel(ax: Axes, row: int, col: int, style: _FinalEvalStyle) -> None:
+    """Grid lines; dataset kind above the top row, family and y label left, x label below."""
+    ax.grid(alpha=0.3)
+    if row == 0:
+        ax.set_title(DATASET_KINDS[col])
+    if col == 0:
+        y_label = "normalised score" if style.value == SCORE_COLUMN else style.value
+        ax.set_ylabel(f"{ENV_FAMILIES[row]}\n{y_label}")
+    if row == len(ENV_FAMILIES) - 1:
+        ax.set_xlabel(style.xaxis)
+
+
+def _final_eval_legend(
+    fig: Figure, handles: Mapping[str, Line2D], drawn_modes: Sequence[str], style: _FinalEvalStyle
+) -> None:
+    """One legend below the grid for the modes drawn anywhere, in ``drawn_modes`` order."""
     order = [m for m in drawn_modes if m in handles]
     if order:
         fig.legend(
             [handles[m] for m in order],
-            [labels.get(m, m) for m in order],
+            [style.label(m) for m in order],
             loc="outside lower center",
             ncols=len(order),
         )
-    return fig
 
 
 # --------------------------------------------------------------------------- output

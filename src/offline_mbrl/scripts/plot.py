@@ -26,15 +26,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+try:
+    import offline_mbrl  # noqa: F401
+except ImportError:  # run as a file from a checkout without an installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import matplotlib
+
+from offline_mbrl import plotting
+from offline_mbrl.errors import UserError
+from offline_mbrl.fields import parse_bool
+from offline_mbrl.modes import pessimistic_modes
+
 _NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
-
-
-def _ensure_importable() -> None:
-    """Let ``python src/offline_mbrl/scripts/plot.py`` work without installing the package."""
-    try:
-        import offline_mbrl  # noqa: F401
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def _positive_int(text: str) -> int:
@@ -49,14 +53,24 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    _ensure_importable()  # run as a file, the package may not be on the path yet
-    from offline_mbrl.fields import parse_bool
-
     parser = argparse.ArgumentParser(
         prog="plot.py",
         description="Plot learning curves, or the final-evaluation figure and score tables, "
         "from run directories (any directory holding progress.txt, searched recursively).",
     )
+    # The helpers add the arguments in the order --help lists them.
+    _add_curve_arguments(parser)
+    _add_filter_arguments(parser)
+    _add_output_arguments(parser)
+    _add_final_eval_arguments(parser)
+    parser.add_argument(
+        "--no_show", action="store_true", help="never open a window, even with a display"
+    )
+    return parser
+
+
+def _add_curve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the runs are and which columns are drawn, smoothed how."""
     parser.add_argument(
         "logdir",
         nargs="?",
@@ -84,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="centred moving-average window in points (default 1: no smoothing)",
     )
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which experiments are kept, by substrings of their names."""
     parser.add_argument(
         "--select",
         nargs="+",
@@ -96,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="drop experiments whose name contains any of these substrings",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Legend labels and where the figures and tables go."""
     parser.add_argument(
         "--legend",
         "-l",
@@ -107,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", default=None, help="directory for the figures and tables (default: logdir)"
     )
+
+
+def _add_final_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The final-evaluation grid, the final score of a seed and the aggregate's bootstrap."""
     parser.add_argument(
         "--final_eval",
         type=parse_bool,
@@ -134,16 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the bootstrap's random generator (default 0)",
     )
-    parser.add_argument(
-        "--no_show", action="store_true", help="never open a window, even with a display"
-    )
-    return parser
 
 
 def _use_display(no_show: bool) -> bool:
     """Pick the backend before pyplot is imported; True when figures should be shown."""
-    import matplotlib
-
     has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if not no_show and has_display:
         backend = matplotlib.get_backend().lower()
@@ -156,16 +176,13 @@ def _use_display(no_show: bool) -> bool:
 def _new_figure(show: bool) -> Any:
     if not show:
         return None
+    # pyplot is imported only after _use_display has chosen the backend, and only to show.
     import matplotlib.pyplot as plt
 
     return plt.figure()
 
 
 def _run(args: argparse.Namespace, show: bool) -> list[Path]:
-    from offline_mbrl import plotting
-    from offline_mbrl.errors import UserError
-    from offline_mbrl.modes import pessimistic_modes
-
     logdir = Path(args.logdir)
     out = Path(args.out) if args.out is not None else logdir
     groups = plotting.group_runs(plotting.load_runs(logdir))
@@ -216,9 +233,6 @@ def _run(args: argparse.Namespace, show: bool) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a :class:`UserError`)."""
     args = build_parser().parse_args(argv)
-    _ensure_importable()
-    from offline_mbrl.errors import UserError
-
     show = _use_display(args.no_show)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -238,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in written:
         print(f"wrote {path}")
     if show:
+        # Deferred like in _new_figure: the backend is chosen first.
         import matplotlib.pyplot as plt
 
         plt.show()

@@ -18,7 +18,20 @@ try:
 except ModuleNotFoundError:  # run as a file from a checkout without an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from offline_mbrl.cli import run_main
+from offline_mbrl.data.resolve import load_dataset
+from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.errors import UserError
+from offline_mbrl.models.io import default_model_path, save_environment_model
+from offline_mbrl.models.training import (
+    make_model_config,
+    resolve_device,
+    train_environment_model,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,9 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(metrics: dict, path: Path, env_name: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     elites = set(metrics["elites"])
     table = Table(title=f"Environment model for {env_name}")
     table.add_column("member", justify="right")
@@ -93,17 +103,6 @@ def _summary(metrics: dict, path: Path, env_name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from offline_mbrl.data.resolve import load_dataset
-    from offline_mbrl.envs.registry import get_env_spec
-    from offline_mbrl.models.io import default_model_path, save_environment_model
-    from offline_mbrl.models.training import (
-        make_model_config,
-        resolve_device,
-        train_environment_model,
-    )
-
     get_env_spec(args.env_name)  # a typo fails before anything is loaded
     config = make_model_config(
         type=args.type, n_networks=args.n_networks, n_elites=args.n_elites,
@@ -143,8 +142,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a problem the user can fix)."""
-    from offline_mbrl.cli import run_main
-
     args = build_parser().parse_args(argv)
     return run_main(lambda: run(args))
 

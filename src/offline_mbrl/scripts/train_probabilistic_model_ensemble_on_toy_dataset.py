@@ -28,10 +28,13 @@ try:
 except ModuleNotFoundError:  # run as a file from a checkout without an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import matplotlib
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from offline_mbrl.cli import run_main
 from offline_mbrl.errors import UserError
 from offline_mbrl.models.ensemble import (
     INITIAL_MAX_LOGVAR,
@@ -194,10 +197,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def _pyplot(live_wanted: bool) -> tuple[Any, bool]:
     """``(pyplot, live)``: an interactive backend when wanted and available, else Agg."""
-    import matplotlib
-
     if not live_wanted:
         matplotlib.use("Agg")
+    # Imported here, after matplotlib.use: the backend is chosen before pyplot is loaded.
     import matplotlib.pyplot as plt
 
     backend = plt.get_backend().lower()
@@ -273,8 +275,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _write_gif(frames: list[np.ndarray], path: Path, frame_ms: int = 120) -> None:
-    from PIL import Image
-
     images = [Image.fromarray(f) for f in frames]
     tmp = path.with_name(f".{path.name}.tmp")
     # Hold the final frame so the result can be looked at before the loop restarts.
@@ -286,8 +286,6 @@ def _write_gif(frames: list[np.ndarray], path: Path, frame_ms: int = 120) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a problem the user can fix)."""
-    from offline_mbrl.cli import run_main
-
     args = build_parser().parse_args(argv)
     return run_main(lambda: run(args))
 

@@ -14,10 +14,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from offline_mbrl.cli import DefaultsHelpFormatter, OneLineParser, run_main
 from offline_mbrl.config import TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
 from offline_mbrl.modes import pessimistic_modes
+from offline_mbrl.tuning.tune import TuneOptions, import_tune_libraries, tune_hyperparameters
 
 _NESTED = ("agent", "env_model")
 
@@ -140,9 +144,6 @@ def _fmt(value: Any) -> str:
 
 
 def print_result(result: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(highlight=False)
     ranges = []
     for name, b in result.bounds.items():
@@ -178,11 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        from offline_mbrl.tuning.tune import TuneOptions, import_tune_libraries
-
         import_tune_libraries()  # the missing extra is the first thing to report
-        from offline_mbrl.tuning.tune import tune_hyperparameters
-
         config = config_from_tune_args(args)
         options = TuneOptions(
             trials=args.trials, exp_name=args.exp_name, storage_path=args.storage_path,

@@ -94,6 +94,7 @@ def search_bounds(mode: str, stats: Mapping[str, Any],
 
 def optuna_space(bounds: Mapping[str, Bounds]) -> dict[str, Any]:
     """``{name: optuna distribution}`` for ``bounds``."""
+    # Imported here: Optuna is the optional extra 'tune', and this module works without it.
     from optuna.distributions import FloatDistribution, IntDistribution
 
     space: dict[str, Any] = {}
@@ -118,6 +119,7 @@ def suggest(trial: Any, bounds: Mapping[str, Bounds]) -> dict[str, Any]:
 
 def ray_space(bounds: Mapping[str, Bounds]) -> dict[str, Any]:
     """``{name: ray.tune domain}`` for ``bounds`` (e.g. for Ray's own searchers)."""
+    # Imported here: Ray is the optional extra 'tune', and this module works without it.
     from ray import tune
 
     space: dict[str, Any] = {}

@@ -30,8 +30,22 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from offline_mbrl.config import TrainerConfiguration
+import torch
+
+from offline_mbrl.config import TrainerConfiguration, make_config
+from offline_mbrl.data.resolve import load_dataset
+from offline_mbrl.envs.registry import get_env_spec
+from offline_mbrl.envs.scores import D4RL_REFERENCE_RETURNS
 from offline_mbrl.errors import UserError
+from offline_mbrl.models.io import (
+    check_model_matches,
+    load_environment_model,
+    save_environment_model,
+)
+from offline_mbrl.models.statistics import uncertainty_statistics
+from offline_mbrl.models.training import resolve_device, train_environment_model
+from offline_mbrl.models.uncertainty_command import model_path_for
+from offline_mbrl.runs import experiments_root, member_run_dirs
 from offline_mbrl.train import Trainer
 from offline_mbrl.tuning.search_space import (
     Bounds,
@@ -58,6 +72,8 @@ def import_tune_libraries() -> SimpleNamespace:
     """Ray, Ray Tune, Optuna and their glue, or a one-line :class:`UserError` saying how to
     install them."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports sent anywhere
+    # Imported here: Ray and Optuna are the optional extra 'tune', and a missing one is
+    # reported as the UserError below.
     try:
         import optuna
         import ray
@@ -89,6 +105,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if local:
+        # Imported here: Ray is optional, and import_tune_libraries above has checked it.
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
@@ -134,9 +151,6 @@ def objective(epoch_rows: list[list[dict[str, float]]], last_k: int = 3) -> floa
 
 
 def objective_name(env_name: str) -> str:
-    from offline_mbrl.envs.registry import get_env_spec
-    from offline_mbrl.envs.scores import D4RL_REFERENCE_RETURNS
-
     family = get_env_spec(env_name).family
     return "NormalizedTestScore" if family in D4RL_REFERENCE_RETURNS else "AverageTestEpRet"
 
@@ -149,8 +163,6 @@ def trial_experiment_name(exp_name: str, trial: int) -> str:
 def trial_config(base: dict[str, Any], exp_name: str, trial: int,
                  params: dict[str, Any]) -> TrainerConfiguration:
     """The configuration of trial ``trial``: ``base`` with the proposed values."""
-    from offline_mbrl.config import make_config
-
     values = dict(base)
     values["experiment_name"] = trial_experiment_name(exp_name, trial)
     for name, value in params.items():
@@ -160,7 +172,7 @@ def trial_config(base: dict[str, Any], exp_name: str, trial: int,
 
 def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
     """One trial, in a Ray worker: train the population and report after every epoch."""
-    import torch
+    # Imported here: Ray is the optional extra 'tune', and run_trial only runs in its workers.
     from ray import tune
 
     os.environ.update(setup["environ"])
@@ -253,17 +265,6 @@ def prepare_environment_model(config: TrainerConfiguration, progress: bool = Tru
     Returns:
         The model file (absolute) and the dataset's uncertainty statistics under it.
     """
-    from offline_mbrl.data.resolve import load_dataset
-    from offline_mbrl.envs.registry import get_env_spec
-    from offline_mbrl.models.io import (
-        check_model_matches,
-        load_environment_model,
-        save_environment_model,
-    )
-    from offline_mbrl.models.statistics import uncertainty_statistics
-    from offline_mbrl.models.training import train_environment_model
-    from offline_mbrl.models.uncertainty_command import model_path_for
-
     spec = get_env_spec(config.env_name)
     data = load_dataset(spec.dataset_name or config.env_name, dataset=config.dataset)
     explicit = config.pretrained_env_model_path
@@ -354,10 +355,37 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
         Every trial's outcome, the best trial and where its hyperparameters were written
         (``<storage>/<exp>/best_hyperparameters.json``).
     """
-    from offline_mbrl.models.training import resolve_device
-    from offline_mbrl.runs import experiments_root, member_run_dirs
-
     libs = import_tune_libraries()
+    _check_sweep_options(config, options)
+    epochs = config.epochs
+    device = resolve_device(config.device)
+    exp_name = _checked_exp_name(options.exp_name or default_exp_name(config))
+    root = (options.root or experiments_root()).expanduser().resolve()
+    storage = Path(options.storage_path).expanduser().resolve()
+    storage_dir = storage / exp_name
+    _claim(storage_dir, root, exp_name, options.overwrite)
+
+    config = _with_absolute_dataset(config)
+    model_path, stats = prepare_environment_model(config, progress=progress)
+    bounds = search_bounds(config.mode, stats)
+    parameter = pessimism_parameter(config.mode)
+    config = config.model_copy(update={"pretrained_env_model_path": str(model_path)})
+
+    setup = _trial_setup(config, exp_name, bounds, root, options)
+    tuner = _make_tuner(libs, setup, bounds, exp_name, storage, epochs, device, options)
+    grid = _fit(tuner, libs, options)
+    outcomes = _trial_outcomes(grid, config, exp_name, bounds, root, epochs)
+    best = _best_trial(outcomes, storage_dir)
+    best_file = write_best(storage_dir / BEST_FILE, best, config, options.last_k)
+    return SweepResult(exp_name=exp_name, mode=config.mode, env_name=config.env_name,
+                       parameter=parameter, bounds=bounds, stats=stats, model_path=model_path,
+                       trials=outcomes, best=best, best_file=best_file,
+                       objective=objective_name(config.env_name), epochs=epochs,
+                       storage_dir=storage_dir)
+
+
+def _check_sweep_options(config: TrainerConfiguration, options: TuneOptions) -> None:
+    """Refuse a mode without pessimism, a tuned field set by hand and bad sweep options."""
     check_tunable_mode(config.mode)
     for name in ("rollout_length", pessimism_parameter(config.mode)):
         if getattr(config, name) is not None:
@@ -374,27 +402,27 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
                         f"got {options.grace_period}")
     if options.asha and options.reduction_factor <= 1:
         raise UserError(f"--reduction_factor must be above 1, got {options.reduction_factor}")
-    device = resolve_device(config.device)
-    exp_name = options.exp_name or default_exp_name(config)
+
+
+def _checked_exp_name(exp_name: str) -> str:
+    """``exp_name``, refused unless it is a plain directory name."""
     if not re.fullmatch(r"[\w.+=-]+", exp_name):
         raise UserError(f"--exp_name '{exp_name}' must be a plain directory name "
                         "(letters, digits, . _ - + =)")
-    root = (options.root or experiments_root()).expanduser().resolve()
-    storage = Path(options.storage_path).expanduser().resolve()
-    storage_dir = storage / exp_name
-    _claim(storage_dir, root, exp_name, options.overwrite)
+    return exp_name
 
+
+def _with_absolute_dataset(config: TrainerConfiguration) -> TrainerConfiguration:
+    """``config`` with a dataset file as an absolute path, for workers in another cwd."""
     if config.dataset is not None and not config.dataset.startswith("minari:"):
         config = config.model_copy(update={"dataset": str(Path(config.dataset).resolve())})
-    model_path, stats = prepare_environment_model(config, progress=progress)
-    bounds = search_bounds(config.mode, stats)
-    parameter = pessimism_parameter(config.mode)
-    config = config.model_copy(update={"pretrained_env_model_path": str(model_path)})
+    return config
 
-    gpus = options.gpus_per_trial
-    if gpus is None:
-        gpus = 1.0 if device.type == "cuda" else 0.0
-    setup = {
+
+def _trial_setup(config: TrainerConfiguration, exp_name: str, bounds: dict[str, Bounds],
+                 root: Path, options: TuneOptions) -> dict[str, Any]:
+    """What every trial worker needs besides its proposed values (see :func:`run_trial`)."""
+    return {
         "config": config.model_dump(mode="json"),
         "exp_name": exp_name,
         "parameters": list(bounds),
@@ -404,9 +432,17 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
         "threads": max(1, int(options.cpus_per_trial)),
         "overwrite": options.overwrite,
     }
+
+
+def _make_tuner(libs: SimpleNamespace, setup: dict[str, Any], bounds: dict[str, Bounds],
+                exp_name: str, storage: Path, epochs: int, device: torch.device,
+                options: TuneOptions) -> Any:
+    """Ray Tune's tuner: Optuna proposes, ASHA (with ``options.asha``) stops weak trials."""
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if device.type == "cuda" else 0.0
     tune = libs.tune
-    quiet = options.verbose == 0
-    if quiet:
+    if options.verbose == 0:
         libs.optuna.logging.set_verbosity(libs.optuna.logging.WARNING)
     searcher = libs.OptunaSearch(space=DefineByRun(bounds), metric=METRIC, mode="max",
                                  seed=options.search_seed)
@@ -417,7 +453,7 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
                                        reduction_factor=options.reduction_factor)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": options.cpus_per_trial, "gpu": gpus})
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher,
                                     scheduler=scheduler, num_samples=options.trials,
@@ -426,13 +462,18 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
                                   verbose=options.verbose,
                                   callbacks=[_trial_callback(tune, epochs)]),
     )
+
+
+def _fit(tuner: Any, libs: SimpleNamespace, options: TuneOptions) -> Any:
+    """Run every trial on Ray (started here unless already running); Ray's result grid."""
+    quiet = options.verbose == 0
     started = init_ray(options.address, options.num_cpus)
     # Ray's newer console output prints its banner even at verbose=0; the classic one obeys.
     previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
     if quiet:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
-        grid = tuner.fit()
+        return tuner.fit()
     finally:
         if quiet:
             if previous is None:
@@ -442,6 +483,10 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
         if started:
             libs.ray.shutdown()
 
+
+def _trial_outcomes(grid: Any, config: TrainerConfiguration, exp_name: str,
+                    bounds: dict[str, Bounds], root: Path, epochs: int) -> list[TrialOutcome]:
+    """Every trial's values, score, epochs run, status and run directories, by trial number."""
     outcomes = []
     for result in grid:
         params = dict(result.config or {})
@@ -462,6 +507,15 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
             score=float(metrics.get(METRIC, math.nan)), epochs=done, status=status,
             run_dirs=trial_dirs, error=error))
     outcomes.sort(key=lambda o: o.trial)
+    return outcomes
+
+
+def _best_trial(outcomes: list[TrialOutcome], storage_dir: Path) -> TrialOutcome:
+    """The best-scoring trial, preferring those that ran every epoch.
+
+    Raises:
+        UserError: no trial reported a finite score.
+    """
     scored = [o for o in outcomes if o.error is None and math.isfinite(o.score)]
     if not scored:
         first = next((o.error for o in outcomes if o.error), "no trial reported a score")
@@ -469,13 +523,7 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
                         f"configuration; Ray's logs are in {storage_dir}")
     # Trials that ran every epoch first: an early-stopped trial's score covers fewer epochs.
     completed = [o for o in scored if o.status == "completed"] or scored
-    best = max(completed, key=lambda o: o.score)
-    best_file = write_best(storage_dir / BEST_FILE, best, config, options.last_k)
-    return SweepResult(exp_name=exp_name, mode=config.mode, env_name=config.env_name,
-                       parameter=parameter, bounds=bounds, stats=stats, model_path=model_path,
-                       trials=outcomes, best=best, best_file=best_file,
-                       objective=objective_name(config.env_name), epochs=epochs,
-                       storage_dir=storage_dir)
+    return max(completed, key=lambda o: o.score)
 
 
 def write_best(path: Path, best: TrialOutcome, config: TrainerConfiguration, last_k: int
