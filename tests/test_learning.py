@@ -99,3 +99,16 @@ def test_offline_modes_learn_from_pendulum_demonstrations(mode, threshold, dirs,
         env_model={"n_networks": 5, "n_hidden_units": 64, "reward_n_hidden_units": 32,
                    "max_number_of_training_epochs": 30}))
     assert score > threshold, (mode, score)
+
+
+# IQL's actor weights exp(β (Q − V)) are mostly noise until its critics have learned, which
+# takes longer than these short runs, so IQL gets a bar of its own: on 2 × 128 networks (the
+# default 4 × 128 ones learn faster but cost more than this test can afford) the population
+# ends near -870. The bar sits between that and the random policy's mean
+# (-1216 ± 50): it fails for an agent that does not learn, not for one that learns slowly.
+def test_iql_learns_from_pendulum_demonstrations(dirs, pendulum_dataset):
+    score = final_return(TrainerConfiguration(
+        env_name="Pendulum-v1", mode="iql", dataset=str(pendulum_dataset), offline_epochs=3,
+        steps_per_epoch=1000, test_episodes=5, seeds=tuple(range(6)),
+        agent={"hidden_layers": 2, "hidden_units": 128}))
+    assert score > -1000.0, score

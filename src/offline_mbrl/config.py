@@ -52,6 +52,15 @@ class AgentConfiguration(Frozen):
     s') to estimate the log-sum-exp over actions (paper: 10)."""
     cql_temperature: Annotated[float, Field(gt=0)] = 1.0
     """cql: temperature T of the log-sum-exp (paper: 1.0)."""
+    iql_expectile: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    """iql: expectile τ of the value regression; above 0.5 it moves V(s) toward the best
+    actions the data took in s (paper: 0.7 on the D4RL locomotion datasets, 0.9 on
+    AntMaze)."""
+    iql_temperature: NonNegativeFloat = 3.0
+    """iql: inverse temperature β of the actor's weights exp(β·(Q − V)); 0 is behavioral
+    cloning (paper: 3.0 on the D4RL locomotion datasets, 10.0 on AntMaze)."""
+    iql_advantage_clip: Annotated[float, Field(gt=0)] = 100.0
+    """iql: the actor's weights exp(β·(Q − V)) are clipped at this value (paper: 100)."""
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -84,7 +93,7 @@ class TrainerConfiguration(Frozen):
     """Epochs of online training (sac, mbpo)."""
     offline_epochs: PositiveInt | None = None
     """Epochs of offline training; unset means the mode's default (500k updates for SAC-based
-    modes, 250k for behavioral cloning, divided by steps_per_epoch)."""
+    modes, 1M for cql and iql, 250k for behavioral cloning, divided by steps_per_epoch)."""
     steps_per_epoch: PositiveInt = 4000
     """Environment steps (online) or agent update steps (offline) per epoch."""
     random_steps: NonNegativeInt = 10000

@@ -138,3 +138,6 @@ for _kind, _what in (("penalty", "reward minus λ × uncertainty (MOPO-style)"),
 # Beyond the seed.
 register(ModeSpec("cql", "offline_mbrl.agents.cql:CQL", online=False, default_updates=1_000_000,
                   summary="conservative Q-learning, CQL(H) on SAC (Kumar et al., 2020)"))
+register(ModeSpec("iql", "offline_mbrl.agents.iql:IQL", online=False, default_updates=1_000_000,
+                  summary="implicit Q-learning: expectile value, advantage-weighted actor "
+                          "(Kostrikov et al., 2022)"))

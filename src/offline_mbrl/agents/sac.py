@@ -27,6 +27,11 @@ from offline_mbrl.rng import PopulationRNG
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _ACTOR_SALT, _CRITIC_SALT = 11, 23
 
+LossFunction = Callable[[Any, Batch, torch.Tensor, dict[str, torch.Tensor]],
+                        tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``(agent, batch, noise, extra) -> (scalar loss, [P] metrics)``: what :meth:`SAC.update`
+differentiates."""
+
 
 def squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre_tanh: torch.Tensor
                       ) -> torch.Tensor:
@@ -133,14 +138,13 @@ class SAC(nn.Module):
             trained.append(self.log_alpha)
         self.optimizer = torch.optim.Adam(trained, lr=config.lr,
                                           **adam_implementation(self.log_alpha.device))
-        self._losses: Callable[[SAC, Batch, torch.Tensor, dict[str, torch.Tensor]],
-                               tuple[torch.Tensor, dict[str, Any]]] = sac_losses
+        self._losses: LossFunction = self.loss_function()
 
     def compile_update(self, compile_fn: Callable[[Any], Any]) -> None:
         """Run the loss computation of :meth:`update` (forward and backward) through
         ``compile_fn`` (``torch.compile``; see :mod:`offline_mbrl.compiling`). The optimizer
         step stays eager."""
-        compiled = compile_fn(sac_losses)
+        compiled = compile_fn(self.loss_function())
 
         def losses(agent: SAC, batch: Batch, noise: torch.Tensor,
                    extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -153,7 +157,7 @@ class SAC(nn.Module):
     @property
     def update_compiled(self) -> bool:
         """Whether :meth:`update` runs its loss computation compiled."""
-        return self._losses is not sac_losses
+        return self._losses is not self.loss_function()
 
     # ----------------------------------------------------------------- networks
     def policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +229,7 @@ class SAC(nn.Module):
             ``[P]`` tensors: LossQ, LossPi, LossAlpha, Alpha, QMean, LogPi.
         """
         B = batch["obs"].shape[1]
-        noise = rng.block_normal(rng.next_draw(), 0, 2 * B, self.act_dim)
+        noise = self.policy_noise(rng, B)
         loss, metrics = self._losses(self, batch, noise, self.extra_noise(rng, B))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,6 +241,16 @@ class SAC(nn.Module):
         return metrics
 
     # ------------------------------------------------- hooks for SAC-based methods
+    def loss_function(self) -> LossFunction:
+        """The loss computation :meth:`update` differentiates (and ``--compile`` compiles):
+        :func:`sac_losses`; methods with other losses on SAC's networks return theirs."""
+        return sac_losses
+
+    def policy_noise(self, rng: PopulationRNG, batch_size: int) -> torch.Tensor:
+        """``[P, 2B, act_dim]`` standard normal noise of the loss computation's policy
+        samples (rows ``:B`` at ``obs``, ``B:`` at ``next_obs``)."""
+        return rng.block_normal(rng.next_draw(), 0, 2 * batch_size, self.act_dim)
+
     def extra_noise(self, rng: PopulationRNG, batch_size: int) -> dict[str, torch.Tensor]:
         """Random draws a subclass's :meth:`critic_regularizer` needs, drawn outside the
         (possibly compiled) loss computation; SAC needs none."""
