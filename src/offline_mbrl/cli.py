@@ -16,15 +16,24 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 
+import numpy as np
+import torch
 from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
 
 from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
+from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.errors import UserError
+from offline_mbrl.evaluation import evaluate_population, record_video
 from offline_mbrl.fields import parse_bool
 from offline_mbrl.files import write_failure
+from offline_mbrl.hyperparameters import read_hyperparameters_file
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 from offline_mbrl.modes import MODES
-from offline_mbrl.runs import RESOLVED_KEY
+from offline_mbrl.policy import load_agent
+from offline_mbrl.runs import CHECKPOINT_FILE, RESOLVED_KEY, find_checkpoint
+from offline_mbrl.train import Trainer
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -161,8 +170,6 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
                             "not an object of configuration fields: pass a run's config.json")
         values.pop(RESOLVED_KEY, None)  # what a run derived, not a setting
     if args.hyperparameters is not None:
-        from offline_mbrl.hyperparameters import read_hyperparameters_file
-
         values.update(read_hyperparameters_file(args.hyperparameters))
     for group in ("agent", "env_model"):
         if not isinstance(values.get(group, {}), dict):
@@ -200,11 +207,6 @@ def train_main(argv: Sequence[str] | None = None, prog: str = "train_agent.py") 
     args = parser.parse_args(argv)
 
     def body() -> int:
-        from rich.console import Console
-        from rich.table import Table
-
-        from offline_mbrl.train import Trainer
-
         config = config_from_args(args)
         trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite,
                           progress=args.progress)
@@ -245,8 +247,6 @@ def build_evaluate_parser(prog: str = "evaluate_agent.py") -> argparse.ArgumentP
 
 def _checkpoints_under(path: Path) -> list[Path]:
     """The checkpoint of a run directory or file, or of every run in an experiment."""
-    from offline_mbrl.runs import CHECKPOINT_FILE, find_checkpoint
-
     if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
         runs = sorted(path.glob(f"*/{CHECKPOINT_FILE}"))
         if runs:
@@ -259,15 +259,6 @@ def evaluate_main(argv: Sequence[str] | None = None, prog: str = "evaluate_agent
     args = parser.parse_args(argv)
 
     def body() -> int:
-        import numpy as np
-        import torch
-        from rich.console import Console
-        from rich.table import Table
-
-        from offline_mbrl.envs.registry import get_env_spec
-        from offline_mbrl.evaluation import evaluate_population, record_video
-        from offline_mbrl.policy import load_agent
-
         if args.episodes <= 0:
             raise UserError(f"--episodes must be positive, got {args.episodes}")
         console = Console()

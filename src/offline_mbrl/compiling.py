@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from offline_mbrl.models.layers import BatchedMLP
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -59,8 +61,6 @@ def compile_networks(module: torch.nn.Module, device: torch.device) -> None:
     the forward methods are replaced rather than the modules wrapped, so state dict keys
     (and therefore checkpoints) are the same as in eager mode.
     """
-    from offline_mbrl.models.layers import BatchedMLP
-
     compile_fn = compiler(device)
     for sub in module.modules():
         if isinstance(sub, BatchedMLP):

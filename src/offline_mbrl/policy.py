@@ -12,6 +12,7 @@ from offline_mbrl.agents import SAC, BehavioralCloning
 from offline_mbrl.checkpoint import load_checkpoint
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.errors import UserError
+from offline_mbrl.models.training import resolve_device
 from offline_mbrl.modes import agent_class_of
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.runs import find_checkpoint
@@ -56,8 +57,6 @@ def load_agent(path: str | Path, device: str = "cpu") -> LoadedAgent:
     Raises:
         UserError: no run there, or the checkpoint is corrupt.
     """
-    from offline_mbrl.models.training import resolve_device
-
     torch_device = resolve_device(device)
     state = load_checkpoint(find_checkpoint(path), map_location=torch_device)
     if state.get("kind") != "agent-run":
