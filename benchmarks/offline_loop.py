@@ -15,6 +15,8 @@ Prints, in one run:
 - the arithmetic it needs (GFLOP per 1,000 steps and one rollout round, counted by
   ``torch.utils.flop_counter``) and the rate at which each configuration ran;
 - the machine's float32 and bf16 matrix-product rates before and after the run;
+- the peer's recorded figures and, with ``--peer DIR``, the peer measured in this run
+  (below), with the ratios to each;
 - the same loop written plainly (``PlainLoop``: nn.Linear networks, autograd SAC with
   separate critics, one model call over all 50k starts, per-step ``.item()`` logging),
   single seed and eager, measured in the same run, and the ratios to it.
@@ -22,23 +24,62 @@ Prints, in one run:
 Every figure is timed ``--repeats`` times (default 2) and the fastest is reported: on a
 shared machine other processes can only slow a measurement down.
 
+The peer, OfflineRL-Kit's MOPO at its hopper settings, appears in two columns:
+
+- "peer (recorded at N threads)": figures measured once on this machine kind, keyed by the
+  thread count they were measured at (``PEER_RECORDED``: at 2 threads a dynamics epoch of
+  14.1 s, a rollout of 14.9 s, 87 SAC steps/s and 37 steps/s end to end; at 1 thread 25
+  steps/s end to end only). The ratios to it are given only where a figure was recorded at
+  this run's thread count; elsewhere the ratio cell holds a dash and a footnote says why
+  (a figure recorded at another thread count is shown but never divided into this run's).
+- "peer (measured)", with ``--peer DIR``: the peer's own code measured in this run, at the
+  same settings, thread count and synthetic dataset. ``DIR`` is a local checkout of
+  https://github.com/yihaosun1124/OfflineRL-Kit that the user provides; it is never vendored
+  or copied into this repository, only imported from ``DIR`` at run time (``sys.path``).
+  The run follows ``run_example/run_mopo.py`` without d4rl: the synthetic dataset, as a dict
+  of numpy arrays in D4RL's layout, goes through their ``qlearning_dataset``; their
+  ``EnsembleDynamicsModel`` (7 × 4×200, 5 elites) and ``EnsembleDynamics`` (hopper
+  termination, penalty 5.0) trained by ``EnsembleDynamics.train`` (one epoch per timing; the
+  figure is the time of its ``learn`` pass over the training split, which holds out
+  min(20%, 1,000) rows where ours holds out 20%); their ``MLP``,
+  ``ActorProb``, ``TanhDiagGaussian`` and ``Critic`` networks (256×256, auto-alpha) in a
+  ``MOPOPolicy``; their ``ReplayBuffer`` for real and model data (fake buffer of 5 rollout
+  rounds); and their ``MBPolicyTrainer.train`` for one epoch of ``--steps`` steps with one
+  rollout round (``--starts`` × ``--length`` every ``--steps`` steps, batch 256, real ratio
+  0.05), which is the end-to-end figure. That figure includes what their loop does once per
+  epoch (logger dump, checkpoint save) but no evaluation: there is no simulator, and the
+  evaluation environment is a stand-in asked for zero episodes. The rollout figure is one
+  ``MOPOPolicy.rollout`` call; the SAC figure is their step without the rollout (buffer
+  samples and ``MOPOPolicy.learn``). Their logger and progress bar write to ``peer.log`` in
+  the run's temporary directory. Where ``gym`` is not installed (OfflineRL-Kit imports it
+  but the loop uses it only in type annotations: ``gym.Env``, ``gym.spaces.Space``,
+  ``gym.envs.mujoco.mujoco_env.MujocoEnv``), an empty stand-in module is put in
+  ``sys.modules`` while their package is imported; d4rl and mujoco-py are not imported by
+  their package, only by their example scripts, which this does not run.
+
 Usage::
 
     .venv/bin/python benchmarks/offline_loop.py                # full settings (~20 minutes)
     .venv/bin/python benchmarks/offline_loop.py --steps 200 --starts 5000 --sizes 1
+    .venv/bin/python benchmarks/offline_loop.py --threads 1 --peer ~/src/OfflineRL-Kit
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
+import types
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +87,12 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-PEER = {"epoch_s": 14.1, "rollout_s": 14.9, "sac_steps_per_s": 87.0, "end_to_end": 37.0}
+# OfflineRL-Kit MOPO, hopper, its default settings, measured on this machine kind, keyed by
+# the thread count of the measurement (at 1 thread only the end-to-end rate was recorded).
+PEER_RECORDED = {
+    2: {"epoch_s": 14.1, "rollout_s": 14.9, "sac_steps_per_s": 87.0, "end_to_end": 37.0},
+    1: {"end_to_end": 25.0},
+}
 OBS_DIM, ACT_DIM = 11, 3
 TARGETS = {"p1": 110.0, "p6": 200.0, "rollout_s": 5.0, "epoch_s": 11.0}
 
@@ -273,6 +319,218 @@ def time_ours(P: int, setting: str, compiled: bool, data_path: Path, model_path:
     return result
 
 
+# --------------------------------------------------------------------------- the peer
+# run_mopo.py's arguments (hopper-medium-v2's suggested penalty) that the loop uses.
+PEER_SETTINGS = {"hidden_dims": [256, 256], "actor_lr": 1e-4, "critic_lr": 3e-4,
+                 "alpha_lr": 1e-4, "gamma": 0.99, "tau": 0.005, "dynamics_lr": 1e-3,
+                 "dynamics_hidden_dims": [200, 200, 200, 200],
+                 "dynamics_weight_decay": [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4],
+                 "n_ensemble": 7, "n_elites": 5, "penalty_coef": 5.0, "model_retain_epochs": 5,
+                 "batch_size": 256, "real_ratio": 0.05, "epoch": 3000, "seed": 1,
+                 "task": "hopper-medium-v2"}
+# Their logger's outputs, as in run_mopo.py.
+PEER_LOG_OUTPUTS = {"consoleout_backup": "stdout", "policy_training_progress": "csv",
+                    "dynamics_training_progress": "csv", "tb": "tensorboard"}
+
+
+def _gym_stand_in() -> dict[str, types.ModuleType]:
+    """Empty ``gym`` modules with the three names OfflineRL-Kit's package reads at import,
+    all in type annotations (``gym.Env``, ``gym.spaces.Space``,
+    ``gym.envs.mujoco.mujoco_env.MujocoEnv``); nothing in the MOPO loop calls gym."""
+    modules = {name: types.ModuleType(name) for name in (
+        "gym", "gym.spaces", "gym.envs", "gym.envs.mujoco", "gym.envs.mujoco.mujoco_env")}
+    modules["gym"].Env = type("Env", (), {})
+    modules["gym.spaces"].Space = type("Space", (), {})
+    modules["gym.envs.mujoco.mujoco_env"].MujocoEnv = type("MujocoEnv", (modules["gym"].Env,),
+                                                           {})
+    modules["gym"].spaces = modules["gym.spaces"]
+    modules["gym"].envs = modules["gym.envs"]
+    modules["gym.envs"].mujoco = modules["gym.envs.mujoco"]
+    modules["gym.envs.mujoco"].mujoco_env = modules["gym.envs.mujoco.mujoco_env"]
+    return modules
+
+
+def import_peer(peer_dir: Path) -> tuple[types.SimpleNamespace, list[str]]:
+    """OfflineRL-Kit's classes, imported from the checkout at ``peer_dir``; the modules that
+    had to be stood in for."""
+    if not (peer_dir / "offlinerlkit" / "__init__.py").is_file():
+        raise SystemExit(f"--peer {peer_dir}: no offlinerlkit package there (expected a "
+                         "checkout of https://github.com/yihaosun1124/OfflineRL-Kit)")
+    sys.path.insert(0, str(peer_dir.resolve()))
+    stood_in: dict[str, types.ModuleType] = {}
+    try:
+        import gym  # noqa: F401
+    except ImportError:
+        stood_in = _gym_stand_in()
+        sys.modules.update(stood_in)
+    try:
+        from offlinerlkit.buffer import ReplayBuffer
+        from offlinerlkit.dynamics import EnsembleDynamics
+        from offlinerlkit.modules import (
+            ActorProb,
+            Critic,
+            EnsembleDynamicsModel,
+            TanhDiagGaussian,
+        )
+        from offlinerlkit.nets import MLP
+        from offlinerlkit.policy import MOPOPolicy
+        from offlinerlkit.policy_trainer import MBPolicyTrainer
+        from offlinerlkit.utils.load_dataset import qlearning_dataset
+        from offlinerlkit.utils.logger import Logger
+        from offlinerlkit.utils.scaler import StandardScaler
+        from offlinerlkit.utils.termination_fns import get_termination_fn
+    finally:
+        for name in stood_in:  # their modules keep their references; nobody else sees it
+            del sys.modules[name]
+    kit = types.SimpleNamespace(
+        ReplayBuffer=ReplayBuffer, EnsembleDynamics=EnsembleDynamics, ActorProb=ActorProb,
+        Critic=Critic, EnsembleDynamicsModel=EnsembleDynamicsModel,
+        TanhDiagGaussian=TanhDiagGaussian, MLP=MLP, MOPOPolicy=MOPOPolicy,
+        MBPolicyTrainer=MBPolicyTrainer, qlearning_dataset=qlearning_dataset, Logger=Logger,
+        StandardScaler=StandardScaler, get_termination_fn=get_termination_fn)
+    return kit, sorted(stood_in)
+
+
+class _NoEvaluation:
+    """The evaluation environment handed to ``MBPolicyTrainer``: it is asked for zero
+    episodes, so only ``reset`` and ``get_normalized_score`` are called."""
+
+    def __init__(self, obs_dim: int) -> None:
+        self.obs_dim = obs_dim
+
+    def reset(self) -> np.ndarray:
+        return np.zeros(self.obs_dim, dtype=np.float32)
+
+    def get_normalized_score(self, score: float) -> float:
+        return score
+
+
+def time_peer(peer_dir: Path, dataset, work: Path, args) -> dict[str, Any]:
+    """OfflineRL-Kit's MOPO on the same data, settings and threads (see the docstring).
+
+    Returns seconds per dynamics epoch (``epoch_s``) and per rollout round (``rollout_s``),
+    the mean rollout length, SAC ``updates_per_s``, end-to-end ``steps_per_s``, the modules
+    stood in for (``stood_in``) and the path of their log (``log``).
+    """
+    kit, stood_in = import_peer(peer_dir)
+    S = PEER_SETTINGS
+    d4rl_layout = {"observations": dataset.observations, "actions": dataset.actions,
+                   "next_observations": dataset.next_observations,
+                   "rewards": dataset.rewards, "terminals": dataset.terminals,
+                   "timeouts": dataset.timeouts}
+    logs = iter(itertools.count())
+
+    def logger():  # a fresh one each time: their trainer closes it at the end of a run
+        directory = work / "peer" / f"run{next(logs)}"
+        directory.mkdir(parents=True)
+        return kit.Logger(str(directory), PEER_LOG_OUTPUTS)
+
+    result: dict[str, Any] = {"stood_in": stood_in}
+    log_path = work / "peer.log"
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # their mean over zero evaluation episodes
+        data = kit.qlearning_dataset(None, dataset=d4rl_layout)
+        np.random.seed(S["seed"])
+        torch.manual_seed(S["seed"])
+        obs_shape, action_dim = (data["observations"].shape[1],), data["actions"].shape[1]
+        device = args.device
+
+        actor_backbone = kit.MLP(input_dim=obs_shape[0], hidden_dims=S["hidden_dims"])
+        critic_backbones = [kit.MLP(input_dim=obs_shape[0] + action_dim,
+                                    hidden_dims=S["hidden_dims"]) for _ in range(2)]
+        dist = kit.TanhDiagGaussian(latent_dim=actor_backbone.output_dim,
+                                    output_dim=action_dim, unbounded=True,
+                                    conditioned_sigma=True, max_mu=1.0)
+        actor = kit.ActorProb(actor_backbone, dist, device)
+        critic1, critic2 = (kit.Critic(b, device) for b in critic_backbones)
+        actor_optim = torch.optim.Adam(actor.parameters(), lr=S["actor_lr"])
+        critic1_optim = torch.optim.Adam(critic1.parameters(), lr=S["critic_lr"])
+        critic2_optim = torch.optim.Adam(critic2.parameters(), lr=S["critic_lr"])
+        lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(actor_optim, S["epoch"])
+        log_alpha = torch.zeros(1, requires_grad=True, device=device)
+        alpha = (-action_dim, log_alpha, torch.optim.Adam([log_alpha], lr=S["alpha_lr"]))
+
+        dynamics_model = kit.EnsembleDynamicsModel(
+            obs_dim=obs_shape[0], action_dim=action_dim,
+            hidden_dims=S["dynamics_hidden_dims"], num_ensemble=S["n_ensemble"],
+            num_elites=S["n_elites"], weight_decays=S["dynamics_weight_decay"], device=device)
+        dynamics = kit.EnsembleDynamics(
+            dynamics_model, torch.optim.Adam(dynamics_model.parameters(), lr=S["dynamics_lr"]),
+            kit.StandardScaler(), kit.get_termination_fn(task=S["task"]),
+            penalty_coef=S["penalty_coef"])
+        policy = kit.MOPOPolicy(dynamics, actor, critic1, critic2, actor_optim, critic1_optim,
+                                critic2_optim, tau=S["tau"], gamma=S["gamma"], alpha=alpha)
+        real_buffer = kit.ReplayBuffer(buffer_size=len(data["observations"]),
+                                       obs_shape=obs_shape, obs_dtype=np.float32,
+                                       action_dim=action_dim, action_dtype=np.float32,
+                                       device=device)
+        real_buffer.load_dataset(data)
+        fake_buffer = kit.ReplayBuffer(
+            buffer_size=args.starts * args.length * S["model_retain_epochs"],
+            obs_shape=obs_shape, obs_dtype=np.float32, action_dim=action_dim,
+            action_dtype=np.float32, device=device)
+
+        # Dynamics: their training, one epoch per timing; the epoch is its `learn` pass.
+        epochs: list[float] = []
+        learn = dynamics.learn
+
+        def timed_learn(*a, **k):
+            t0 = time.perf_counter()
+            loss = learn(*a, **k)
+            epochs.append(time.perf_counter() - t0)
+            return loss
+
+        dynamics.learn = timed_learn
+        dynamics_logger = logger()
+        for _ in range(args.repeats):
+            dynamics.train(real_buffer.sample_all(), dynamics_logger, max_epochs=1,
+                           max_epochs_since_update=5)
+        dynamics_logger.close()
+        dynamics.learn = learn
+        result["epoch_s"] = min(epochs)
+
+        # One rollout round: their `rollout` from `--starts` real states.
+        result["rollout_s"] = math.inf
+        for _ in range(args.repeats):
+            init_obss = real_buffer.sample(args.starts)["observations"].cpu().numpy()
+            t0 = time.perf_counter()
+            transitions, info = policy.rollout(init_obss, args.length)
+            result["rollout_s"] = min(result["rollout_s"], time.perf_counter() - t0)
+            fake_buffer.add_batch(**transitions)
+        result["rollout_length"] = info["num_transitions"] / args.starts
+
+        # Their step without the rollout: buffer samples and `MOPOPolicy.learn`.
+        n_real = int(S["batch_size"] * S["real_ratio"])
+        n_updates = min(args.steps - 1, 200)
+        policy.train()
+        best = math.inf
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for _ in range(n_updates):
+                policy.learn({"real": real_buffer.sample(n_real),
+                              "fake": fake_buffer.sample(S["batch_size"] - n_real)})
+            best = min(best, time.perf_counter() - t0)
+        result["updates_per_s"] = n_updates / best
+
+        # End to end: their trainer, one epoch of --steps steps and one rollout round.
+        trainer = kit.MBPolicyTrainer(
+            policy=policy, eval_env=_NoEvaluation(obs_shape[0]), real_buffer=real_buffer,
+            fake_buffer=fake_buffer, logger=None,
+            rollout_setting=(args.steps, args.starts, args.length), epoch=1,
+            step_per_epoch=args.steps, batch_size=S["batch_size"],
+            real_ratio=S["real_ratio"], eval_episodes=0, lr_scheduler=lr_scheduler)
+        elapsed = math.inf
+        for _ in range(args.repeats):
+            trainer.logger = logger()
+            t0 = time.perf_counter()
+            trainer.train()
+            elapsed = min(elapsed, time.perf_counter() - t0)
+        result["steps_per_s"] = args.steps / elapsed
+    result["log"] = str(log_path)
+    return result
+
+
 def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
     """The machine's matrix-product rate right now: a ``[n, n] @ [n, n]`` product, fastest
     of ``repeats``. Measured at the start and the end of a run, it shows how fast the
@@ -331,7 +589,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed repetitions of every figure; the fastest is reported "
                              "(other processes can only slow a run down)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads before anything runs (default: torch's "
+                             "choice, e.g. from OMP_NUM_THREADS); the recorded peer figures "
+                             "are compared only at the thread count they were recorded at")
+    parser.add_argument("--peer", type=Path, default=None, metavar="DIR",
+                        help="a local checkout of OfflineRL-Kit (never vendored): measure "
+                             "its MOPO loop in this run, at the same settings and threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.peer is not None and not (args.peer / "offlinerlkit" / "__init__.py").is_file():
+        parser.error(f"--peer {args.peer}: no offlinerlkit package there (expected a checkout "
+                     "of https://github.com/yihaosun1124/OfflineRL-Kit)")
 
     from offline_mbrl.data.d4rl import write_d4rl_hdf5
     from offline_mbrl.models.io import save_environment_model
@@ -340,7 +610,7 @@ def main() -> None:
         train_environment_model,
     )
 
-    console = Console(width=150)
+    console = Console(width=150 if args.peer is None else 200)
     work = Path(tempfile.mkdtemp(prefix="ombrl-bench-"))
     os.environ["OMBRL_DATA_DIR"] = str(work / "experiments")
     dataset = synthetic_dataset(args.transitions)
@@ -367,17 +637,61 @@ def main() -> None:
                                           model_path, args)
             for mode in args.modes for P in args.sizes for setting in args.settings}
 
+    peer = None if args.peer is None else time_peer(args.peer, dataset, work, args)
+
     def ratio(value: float, reference: float | None) -> str:
         return "" if reference is None or math.isnan(value) else f"{value / reference:.2f}×"
 
+    # The recorded peer: its figures at this run's thread count, or (shown, never divided
+    # into this run's) those at 2 threads, the one count with every figure recorded.
+    threads = torch.get_num_threads()
+    recorded_at = threads if threads in PEER_RECORDED else 2
+    recorded = PEER_RECORDED[recorded_at]
+    footnotes: dict[str, str] = {}
+
+    def plural(n: int) -> str:
+        return f"{n} thread{'' if n == 1 else 's'}"
+
+    def peer_cells(key: str, value: float, seconds: bool, peer_value: float | None = None
+                   ) -> list[str]:
+        """The recorded peer's figure and the ratio to it; with --peer, the measured
+        peer's figure and the ratio to it. ``seconds``: lower is better."""
+
+        def compare(reference: float) -> str:
+            return (f"{reference / value:.2f}× faster" if seconds
+                    else f"{value / reference:.2f}×")
+
+        figure = recorded.get(key)
+        if figure is None:
+            footnotes["†"] = (f"† Not recorded at {plural(threads)}; the figures recorded at "
+                              "other thread counts are not divided into this run's (use "
+                              "--peer DIR to measure the peer in this run).")
+            cells = ["—†", "—†"]
+        elif recorded_at != threads:
+            footnotes["‡"] = (f"‡ This run used {plural(threads)} and the peer was recorded "
+                              f"at {' and '.join(plural(n) for n in sorted(PEER_RECORDED))} "
+                              "only: no ratio to a figure recorded at another thread count "
+                              "(use --threads, or --peer DIR to measure the peer in this run).")
+            cells = [f"{figure:g}", "—‡"]
+        else:
+            cells = [f"{figure:g}", compare(figure)]
+        if peer is not None:
+            cells += ["", ""] if peer_value is None else [
+                f"{peer_value:.2f}" if seconds else f"{peer_value:.0f}", compare(peer_value)]
+        return cells
+
     table = Table(title=f"Pessimistic offline loop ({args.device}, torch {torch.__version__}, "
-                        f"{torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, "
+                        f"{plural(threads)}, {platform.processor() or 'cpu'}, "
                         f"load {load:.1f}; best of {args.repeats})")
-    for column in ("figure", "ours", "plain", "ours / plain", "peer", "ours / peer",
-                   "target"):
+    columns = ["figure", "ours", "plain", "ours / plain",
+               f"peer (recorded at {plural(recorded_at)})", "ours / recorded peer"]
+    if peer is not None:
+        columns += ["peer (measured)", "ours / measured peer"]
+    for column in [*columns, "target"]:
         table.add_column(column)
-    table.add_row("dynamics epoch on 200k (s)", f"{epoch_s:.1f}", "", "", f"{PEER['epoch_s']}",
-                  f"{PEER['epoch_s'] / epoch_s:.2f}× faster",
+    blank_peer = [""] * (len(columns) - 4)
+    table.add_row(f"dynamics epoch on {args.transitions // 1000}k (s)", f"{epoch_s:.1f}", "", "",
+                  *peer_cells("epoch_s", epoch_s, True, peer and peer["epoch_s"]),
                   f"≤ {TARGETS['epoch_s']:.0f}")
     plain_rollout = plain["rollout_s"] if plain else None
     for (P, setting, mode), r in ours.items():
@@ -388,29 +702,38 @@ def main() -> None:
                           f"{r['rollout_s']:.2f}",
                           f"{plain_rollout:.2f}" if plain_rollout else "",
                           f"{plain_rollout / r['rollout_s']:.2f}× faster" if plain_rollout
-                          else "", f"{PEER['rollout_s']}",
-                          f"{PEER['rollout_s'] / r['rollout_s']:.2f}× faster",
+                          else "",
+                          *peer_cells("rollout_s", r["rollout_s"], True,
+                                      peer and peer["rollout_s"]),
                           f"≤ {TARGETS['rollout_s']:.0f}")
     if plain:
         table.add_row("plain loop: SAC updates/s, end to end steps/s", "",
-                      f"{plain['updates_per_s']:.0f}, {plain['steps_per_s']:.0f}", "", "", "",
-                      "")
+                      f"{plain['updates_per_s']:.0f}, {plain['steps_per_s']:.0f}", "",
+                      *blank_peer, "")
     for (P, setting, mode), r in ours.items():
         target = TARGETS["p1"] if P == 1 else TARGETS["p6"] if P == 6 else None
         table.add_row(f"SAC seed-updates/s without rollouts, P={P}, {SETTINGS[setting][1]} "
                       f"update, {mode}",
                       f"{r['updates_per_s'] * P:.0f}", "",
                       ratio(r["updates_per_s"] * P, plain["updates_per_s"] if plain else None),
-                      f"{PEER['sac_steps_per_s']}",
-                      f"{r['updates_per_s'] * P / PEER['sac_steps_per_s']:.2f}×", "")
+                      *peer_cells("sac_steps_per_s", r["updates_per_s"] * P, False,
+                                  peer and peer["updates_per_s"]), "")
         table.add_row(f"end to end, P={P}, {setting}, {mode} (seed-steps/s)",
                       f"{r['seed_steps_per_s']:.0f}", "",
                       ratio(r["seed_steps_per_s"], plain["steps_per_s"] if plain else None),
-                      f"{PEER['end_to_end']}",
-                      f"{r['seed_steps_per_s'] / PEER['end_to_end']:.2f}×",
+                      *peer_cells("end_to_end", r["seed_steps_per_s"], False,
+                                  peer and peer["steps_per_s"]),
                       f"≥ {target:.0f}" if target else "")
     gemm_after = (gemm_gflops(), gemm_gflops(torch.bfloat16))
     console.print(table)
+    for note in footnotes.values():
+        console.print(note)
+    if peer is not None:
+        console.print(
+            f"Peer measured from {args.peer.resolve()} (OfflineRL-Kit's MOPO, same settings, "
+            f"{plural(threads)}): mean rollout length {peer['rollout_length']:.2f}; "
+            f"stand-ins for modules not installed: {', '.join(peer['stood_in']) or 'none'}; "
+            f"its log: {peer['log']}.")
     console.print(
         f"Matrix-product rate of the machine (2048² products): float32 {gemm_before[0]:.0f} "
         f"GFLOP/s before the run and {gemm_after[0]:.0f} after; bf16 {gemm_before[1]:.0f} and "
