@@ -102,15 +102,15 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="environment model file (default $OMBRL_MODELS_DIR/<name>-model.pt)")
     p.add_argument("--out", metavar="DIR",
                    help="output directory (default <model file without .pt>-diagnose)")
-    p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON,
+    p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, metavar="H",
                    help=f"multi-step horizon H (default {DEFAULT_HORIZON})")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
                    help=f"held-out transitions for the one-step error (default "
                    f"{DEFAULT_SAMPLES})")
-    p.add_argument("--starts", type=int, default=DEFAULT_STARTS,
+    p.add_argument("--starts", type=int, default=DEFAULT_STARTS, metavar="N",
                    help=f"held-out start states for the multi-step error (default "
                    f"{DEFAULT_STARTS})")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of the random held-out split and the subsamples (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")

@@ -556,7 +556,9 @@ def _calibration_panel(ax: Axes, summary: Mapping[str, Any], kind: str) -> None:
     if positive:
         low, high = min(positive), max(positive)
         ax.plot([low, high], [low, high], ":", color="gray", label="y = x")
-        if len(positive) == len(values):
+        # Log axes only where the values span a decade: on a narrower range they show
+        # no major tick at all.
+        if len(positive) == len(values) and high > 10 * low:
             ax.set_xscale("log")
             ax.set_yscale("log")
     ax.set_xlabel(f"predicted {kind} ({'std' if kind == 'aleatoric' else 'disagreement'})")
