@@ -313,6 +313,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "download, collect, inspect, list and export datasets"),
     "train-model": ("offline_mbrl.scripts.train_environment_model", "main",
                     "train an environment model on a dataset"),
+    "model": ("offline_mbrl.models.commands", "main",
+              "diagnose a dataset's environment model (ombrl model diagnose)"),
     "plot": ("offline_mbrl.scripts.plot", "main", "plot training curves and final scores"),
     "tune": ("offline_mbrl.tuning.commands", "main",
              "tune rollout length and pessimism with Ray Tune and Optuna"),

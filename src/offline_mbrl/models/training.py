@@ -137,7 +137,7 @@ def split_indices(
     return perm[n_val:], perm[:n_val]
 
 
-def _without_resets(indices: torch.Tensor, dataset: OfflineDataset) -> torch.Tensor:
+def without_resets(indices: torch.Tensor, dataset: OfflineDataset) -> torch.Tensor:
     """``indices`` less the rows whose next observation belongs to another episode."""
     resets = dataset.metadata.get("reset_next_observation_rows")
     if resets is None:
@@ -336,7 +336,7 @@ def _normalised_rows(
 
     obs, action = column(dataset.observations), column(dataset.actions)
     next_obs, reward = column(dataset.next_observations), column(dataset.rewards)
-    tr, va = (_without_resets(idx, dataset).to(device) for idx in (train_idx, val_idx))
+    tr, va = (without_resets(idx, dataset).to(device) for idx in (train_idx, val_idx))
     norm = model.normalizer
     # Statistics from the training split only; the clipping range from all data.
     norm.fit(obs[tr], action[tr], next_obs[tr], reward[tr],

@@ -52,8 +52,10 @@ def train_model_hint(name: str, dataset: str | None = None) -> str:
 def load_model_for_dataset(name: str, dataset: str | None = None,
                            model_path: str | Path | None = None, device: str = "cpu",
                            allow_download: bool = True
-                           ) -> tuple[EnvironmentModel, Path, OfflineDataset]:
+                           ) -> tuple[EnvironmentModel, Path, OfflineDataset, dict[str, Any]]:
     """The dataset of ``name`` and its saved environment model, checked to match.
+
+    Returns ``(model, model_path, dataset, model_metadata)``.
 
     Args:
         name: D4RL dataset name, ``minari:<id>``, or an environment name with ``dataset``.
@@ -73,7 +75,7 @@ def load_model_for_dataset(name: str, dataset: str | None = None,
                         f"`{train_model_hint(name, dataset)}` or pass --model PATH")
     model, metadata = load_environment_model(path, device=device)
     check_model_matches(metadata, data, _env_name(name))
-    return model, path, data
+    return model, path, data, metadata
 
 
 def statistics_table(stats: dict[str, Any], title: str) -> Table:
@@ -94,7 +96,7 @@ def statistics_table(stats: dict[str, Any], title: str) -> Table:
 
 def cmd_uncertainty(args: argparse.Namespace) -> int:
     """Print the uncertainty statistics of a dataset (computed once, then cached)."""
-    model, path, data = load_model_for_dataset(args.name, dataset=args.dataset,
+    model, path, data, _ = load_model_for_dataset(args.name, dataset=args.dataset,
                                                model_path=args.model, device=args.device,
                                                allow_download=not args.no_download)
     cache = statistics_path(path)
