@@ -143,5 +143,5 @@ register(ModeSpec("iql", "offline_mbrl.agents.iql:IQL", online=False, default_up
                           "(Kostrikov et al., 2022)"))
 register(ModeSpec("combo", "offline_mbrl.agents.combo:COMBO", online=False, model_based=True,
                   default_updates=1_000_000,
-                  summary="conservative offline model-based policy optimization: SAC on real "
-                          "and model data, Q pushed down on model states (Yu et al., 2021)"))
+                  summary="COMBO: SAC on real and model data, Q pushed down at sampled actions "
+                          "and up at the dataset's (Yu et al., 2021)"))

@@ -21,10 +21,10 @@ It learns which rows are real from the loop, once, through :meth:`COMBO.use_batc
 (see :class:`~offline_mbrl.agents.base.MixedBatchAgent`): the first ``n_real`` rows of every
 batch are dataset transitions.
 
-The paper and OfflineRL-Kit draw half of every batch from the dataset (``--real_ratio 0.5``)
-and roll the model out for 5 steps on hopper and halfcheetah, 1 on walker2d
-(``--rollout_length``); the project's defaults for those flags are MOPO's (0.05, and the
-configured fallback length), so pass them to reproduce the paper's setting.
+OfflineRL-Kit's COMBO (``run_example/run_combo.py``) draws half of every batch from the
+dataset (``--real_ratio 0.5``) and rolls the model out for 5 steps on hopper and
+halfcheetah, 1 on walker2d (``--rollout_length``); the project's defaults for those flags
+are MOPO's (0.05, and the configured fallback length), so pass them for that setting.
 """
 
 from __future__ import annotations
