@@ -48,10 +48,22 @@ class AgentConfiguration(Frozen):
     """cql: α_cql, the weight of the conservative critic term (the CQL paper's code uses 5.0
     on the D4RL locomotion datasets)."""
     cql_n_actions: PositiveInt = 10
-    """cql: actions sampled per state from each proposal (uniform, policy at s, policy at
-    s') to estimate the log-sum-exp over actions (paper: 10)."""
+    """cql, combo: actions sampled per state from each proposal (uniform, policy at s,
+    policy at s') to estimate the log-sum-exp over actions (CQL's paper and OfflineRL-Kit's
+    COMBO: 10). COMBO's log-sum-exp is CQL(H)'s, so the two share this field."""
     cql_temperature: Annotated[float, Field(gt=0)] = 1.0
-    """cql: temperature T of the log-sum-exp (paper: 1.0)."""
+    """cql, combo: temperature T of the log-sum-exp (CQL's paper and OfflineRL-Kit's COMBO:
+    1.0)."""
+    combo_weight: NonNegativeFloat = 0.5
+    """combo: β, the weight of the conservative critic term. OfflineRL-Kit's suggested
+    values: 0.5 on halfcheetah-medium and the three medium-replay datasets (so on the
+    default hopper-medium-replay), 5.0 on hopper-medium, walker2d-medium and the three
+    medium-expert datasets."""
+    combo_states: Literal["mixed", "model"] = "mixed"
+    """combo: the states whose sampled actions the conservative term pushes down: every row
+    of the batch, real and model-generated ('mixed', OfflineRL-Kit's default), or the
+    model-generated rows alone ('model', the paper's ρ = d^π in the model). Either way it
+    pushes Q up at the real rows' dataset actions only."""
     iql_expectile: Annotated[float, Field(gt=0, lt=1)] = 0.7
     """iql: expectile τ of the value regression; above 0.5 it moves V(s) toward the best
     actions the data took in s (paper: 0.7 on the D4RL locomotion datasets, 0.9 on
@@ -93,7 +105,7 @@ class TrainerConfiguration(Frozen):
     """Epochs of online training (sac, mbpo)."""
     offline_epochs: PositiveInt | None = None
     """Epochs of offline training; unset means the mode's default (500k updates for SAC-based
-    modes, 1M for cql and iql, 250k for behavioral cloning, divided by steps_per_epoch)."""
+    modes, 1M for cql, iql and combo, 250k for behavioral cloning, divided by steps_per_epoch)."""
     steps_per_epoch: PositiveInt = 4000
     """Environment steps (online) or agent update steps (offline) per epoch."""
     random_steps: NonNegativeInt = 10000

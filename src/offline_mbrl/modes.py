@@ -141,3 +141,7 @@ register(ModeSpec("cql", "offline_mbrl.agents.cql:CQL", online=False, default_up
 register(ModeSpec("iql", "offline_mbrl.agents.iql:IQL", online=False, default_updates=1_000_000,
                   summary="implicit Q-learning: expectile value, advantage-weighted actor "
                           "(Kostrikov et al., 2022)"))
+register(ModeSpec("combo", "offline_mbrl.agents.combo:COMBO", online=False, model_based=True,
+                  default_updates=1_000_000,
+                  summary="COMBO: SAC on real and model data, Q pushed down at sampled actions "
+                          "and up at the dataset's (Yu et al., 2021)"))

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from offline_mbrl.agents import SAC, split_member_state, stack_member_states
+from offline_mbrl.agents import SAC, MixedBatchAgent, split_member_state, stack_member_states
 from offline_mbrl.checkpoint import (
     RESUME_MAY_CHANGE,
     check_resumable,
@@ -185,6 +185,8 @@ class Trainer:
                                           ("action", _ACTION_STREAM),
                                           ("rollout", _ROLLOUT_STREAM))}
         self._make_buffers(data.rows if data else None)
+        if isinstance(self.agent, MixedBatchAgent):
+            self.agent.use_batch_split(*self._batch_split())
         self.epoch = 0
         self.saved_epoch = 0
         """The epoch of the newest checkpoint on disk (0: none yet)."""

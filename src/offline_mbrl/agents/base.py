@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -47,6 +47,23 @@ class CriticAgent(Agent, Protocol):
     def q_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """``[P, B]`` Q-values of ``obs [P, B, obs_dim]`` and ``action [P, B, act_dim]``
         (environment units), without gradient."""
+        ...
+
+
+@runtime_checkable
+class MixedBatchAgent(Agent, Protocol):
+    """An agent whose losses treat real and model-generated rows apart (COMBO, say).
+
+    In model-based modes every batch is laid out the same way: its first ``n_real`` rows
+    are dataset transitions, the other ``n_synthetic`` rows model-generated ones, with
+    ``n_real = round(real_ratio · batch_size)`` fixed for the run. The loop tells an agent
+    that offers this method the split once, when it builds the agent; the batches
+    themselves stay plain tensors, so that agents which do not ask see nothing new. An
+    agent never told (one built outside the loop) treats every row as real.
+    """
+
+    def use_batch_split(self, n_real: int, n_synthetic: int) -> None:
+        """Rows ``:n_real`` of every batch are real, rows ``n_real:`` model-generated."""
         ...
 
 

@@ -31,7 +31,9 @@ def conservative_penalty(q_data: torch.Tensor, q_sampled: torch.Tensor,
     """``[P]`` CQL(H)'s regulariser, summed over the twin critics.
 
     Args:
-        q_data: ``[P, 2, B]`` Q at the dataset's actions.
+        q_data: ``[P, 2, B]`` Q at the dataset's actions, or ``[P, 2, 1]`` their mean where
+            the rows pushed up are not the states pushed down (COMBO): the difference of
+            means is then the mean of the broadcast difference.
         q_sampled: ``[P, 2, B, N]`` Q at ``N`` sampled actions per state.
         log_density: ``[P, 1, B, N]`` log-density of each sampled action under the
             distribution it was drawn from (importance weights of the log-sum-exp).
@@ -57,7 +59,24 @@ class CQL(SAC):
     def critic_regularizer(self, batch: Batch, q: torch.Tensor,
                            extra: dict[str, torch.Tensor]
                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        obs, next_obs = batch["obs"], batch["next_obs"]
+        q_sampled, log_density = self.sampled_q(batch["obs"], batch["next_obs"], extra)
+        penalty = conservative_penalty(q, q_sampled, log_density, self.config.cql_temperature,
+                                       self.config.cql_weight)
+        return penalty, {"LossCQL": penalty.detach()}
+
+    def sampled_q(self, obs: torch.Tensor, next_obs: torch.Tensor,
+                  extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q at the proposal's actions, the terms of the log-sum-exp over actions.
+
+        Args:
+            obs, next_obs: ``[P, B, obs_dim]``; the policy's actions at ``next_obs`` are
+                evaluated at ``obs``, as in the paper's code.
+            extra: the draws of :meth:`extra_noise` for ``B`` states.
+
+        Returns:
+            ``q_sampled [P, 2, B, 3n]`` (uniform, policy at ``s``, policy at ``s'``) and
+            ``log_density [P, 1, B, 3n]`` of each action under its proposal.
+        """
         P, B, obs_dim = obs.shape
         n = self.config.cql_n_actions
         repeat = lambda x: x.unsqueeze(2).expand(P, B, n, obs_dim).reshape(P, B * n, obs_dim)  # noqa: E731
@@ -73,6 +92,4 @@ class CQL(SAC):
         q_sampled = self.q_values(obs_n.repeat(1, 3, 1), actions)  # [P, 2, 3·B·n]
         q_sampled = q_sampled.view(P, 2, 3, B, n).permute(0, 1, 3, 2, 4).reshape(P, 2, B, 3 * n)
         log_density = log_density.view(P, 3, B, n).permute(0, 2, 1, 3).reshape(P, 1, B, 3 * n)
-        penalty = conservative_penalty(q, q_sampled, log_density, self.config.cql_temperature,
-                                       self.config.cql_weight)
-        return penalty, {"LossCQL": penalty.detach()}
+        return q_sampled, log_density
