@@ -153,7 +153,7 @@ class PlainLoop:
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
         self.critic_optimizer = torch.optim.Adam(
             [*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
-        self.virtual = rows[:0]
+        self.synthetic = rows[:0]
         self.log: list[float] = []
 
     def _policy(self, obs: torch.Tensor, deterministic: bool = False):
@@ -187,11 +187,11 @@ class PlainLoop:
             if not keep.any():
                 break
             obs = next_obs[keep]
-        self.virtual = torch.cat([*new, self.virtual])[:1_000_000]
+        self.synthetic = torch.cat([*new, self.synthetic])[:1_000_000]
 
-    def update(self, n_real: int, n_virtual: int) -> None:
+    def update(self, n_real: int, n_synthetic: int) -> None:
         real = self.rows[torch.randint(len(self.rows), (n_real,), generator=self.generator)]
-        fake = self.virtual[torch.randint(len(self.virtual), (n_virtual,),
+        fake = self.synthetic[torch.randint(len(self.synthetic), (n_synthetic,),
                                           generator=self.generator)]
         batch = self.layout.unpack(torch.cat([real, fake]))
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
@@ -268,7 +268,7 @@ def trainer_config(P: int, setting: str, compiled: bool, data_path: Path, model_
         rollout_length=(args.length,), pessimism=(1.0,), real_ratio=0.05,
         rollout_every=args.steps, rollout_dtype=SETTINGS[setting][0],
         agent={"precision": SETTINGS[setting][1]},
-        n_parallel_virtual_rollouts=max(1, args.starts * args.length // args.steps),
+        n_parallel_rollouts=max(1, args.starts * args.length // args.steps),
         experiment_name=name, device=args.device, test_episodes=1, compile=compiled)
 
 

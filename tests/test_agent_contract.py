@@ -10,7 +10,7 @@ from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.modes import MODES
 from offline_mbrl.rng import PopulationRNG
 
-SMALL = AgentConfiguration(hidden_layers=2, hidden_units=16)
+SMALL = AgentConfiguration(n_hidden_layers=2, n_hidden_units=16)
 
 
 def registry_agents() -> list:
@@ -87,7 +87,7 @@ def test_load_agent_from_run_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("OMBRL_DATA_DIR", str(tmp_path))
     train(env_name="Pendulum-v1", mode="sac", online_epochs=1, steps_per_epoch=40,
           random_steps=20, init_steps=20, test_episodes=1, progress=False,
-          agent={"hidden_units": 16, "hidden_layers": 2, "batch_size": 8})
+          agent={"n_hidden_units": 16, "n_hidden_layers": 2, "batch_size": 8})
     run = tmp_path / "Pendulum-v1-sac" / "Pendulum-v1-sac-s0"
     agent = load_agent(run)
     obs = torch.zeros(3).numpy()

@@ -116,7 +116,7 @@ def test_model_training_drops_rows_that_cross_an_episode_reset():
 
 def test_help_names_the_real_rollout_length_fallback():
     help_text = TrainerConfiguration.model_fields["rollout_length"].description
-    assert "max_virtual_rollout_length" in help_text and "else 5" not in help_text
+    assert "max_rollout_length" in help_text and "else 5" not in help_text
 
 
 def test_rollouts_end_where_the_termination_function_fires():

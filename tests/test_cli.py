@@ -19,7 +19,7 @@ from offline_mbrl.cli import train_main
 SCRIPTS = Path(__file__).resolve().parents[1] / "src" / "offline_mbrl" / "scripts"
 TINY = ["--env_name", "Pendulum-v1", "--mode", "sac", "--epochs", "2", "--steps_per_epoch",
         "60", "--random_steps", "30", "--init_steps", "30", "--test_episodes", "1",
-        "--hidden_units", "16", "--hidden_layers", "2", "--batch_size", "16", "--no-progress"]
+        "--n_hidden_units", "16", "--n_hidden_layers", "2", "--batch_size", "16", "--no-progress"]
 
 
 @pytest.fixture()
@@ -111,7 +111,8 @@ def test_ombrl_dispatch(data_dir, capsys):
 def test_resume_after_kill_mid_epoch(data_dir):
     args = ["--env_name", "Pendulum-v1", "--mode", "sac", "--epochs", "3", "--steps_per_epoch",
             "400", "--random_steps", "50", "--init_steps", "50", "--test_episodes", "1",
-            "--hidden_units", "16", "--hidden_layers", "2", "--batch_size", "16", "--no-progress"]
+            "--n_hidden_units", "16", "--n_hidden_layers", "2", "--batch_size", "16",
+            "--no-progress"]
     env = {**os.environ, "OMBRL_DATA_DIR": str(data_dir)}
     process = subprocess.Popen([sys.executable, str(SCRIPTS / "train_agent.py"), *args],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -144,8 +145,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(data_dir,
 
     config = TrainerConfiguration(env_name="Pendulum-v1", mode="sac", online_epochs=3,
                                   steps_per_epoch=20, random_steps=5, init_steps=5,
-                                  test_episodes=1, agent={"hidden_layers": 1,
-                                                          "hidden_units": 8, "batch_size": 8})
+                                  test_episodes=1, agent={"n_hidden_layers": 1,
+                                                          "n_hidden_units": 8, "batch_size": 8})
     trainer = Trainer(config, progress=False)
     original = trainer.agent.update
     calls = [0]
@@ -170,7 +171,7 @@ def test_pretrained_agent_initialises_every_member(data_dir):
     from offline_mbrl.policy import load_agent
     from offline_mbrl.train import Trainer
 
-    small = {"hidden_layers": 1, "hidden_units": 8, "batch_size": 8}
+    small = {"n_hidden_layers": 1, "n_hidden_units": 8, "batch_size": 8}
     base = dict(env_name="Pendulum-v1", mode="sac", online_epochs=1, steps_per_epoch=20,
                 random_steps=5, init_steps=5, test_episodes=1, agent=small)
     Trainer(TrainerConfiguration(**base, experiment_name="source"), progress=False).run()

@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_compiled_sac_update_matches_eager(precision):
-    config = AgentConfiguration(hidden_layers=2, hidden_units=32, batch_size=16, alpha="auto",
+    config = AgentConfiguration(n_hidden_layers=2, n_hidden_units=32, batch_size=16, alpha="auto",
                                 precision=precision)
     # Inductor may keep a fused bf16 intermediate in float32: agreement to bf16 rounding.
     tol = {"rtol": 1e-4, "atol": 1e-5} if precision == "float32" else {"rtol": 2e-2,
@@ -49,7 +49,7 @@ def small_rollout_setup():
     model = EnvironmentModel(3, 2, n_networks=3, n_hidden_layers=1, n_hidden_units=8,
                              reward_n_hidden_units=8, env_name="Pendulum-v1").eval()
     agent = SAC(3, 2, -torch.ones(2), torch.ones(2), (0, 1),
-                AgentConfiguration(hidden_layers=1, hidden_units=8))
+                AgentConfiguration(n_hidden_layers=1, n_hidden_units=8))
     pessimism = Pessimism("penalty", "epistemic", torch.tensor([3, 3]), torch.tensor([1.0, 0.5]),
                           torch.tensor([math.inf, math.inf]), 5.0)
     return model, agent, pessimism, torch.randn(2, 10, 3), TransitionLayout(3, 2)

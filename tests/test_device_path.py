@@ -26,7 +26,7 @@ P, B, OBS, ACT = 3, 16, 11, 3
 META = torch.device("meta")
 # The module, which ``torch.optim``'s attributes do not expose under this name.
 optimizer_module = importlib.import_module("torch.optim.optimizer")
-SMALL = {"hidden_layers": 2, "hidden_units": 16}
+SMALL = {"n_hidden_layers": 2, "n_hidden_units": 16}
 
 
 @pytest.fixture(autouse=True)

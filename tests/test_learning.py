@@ -95,7 +95,7 @@ def test_offline_modes_learn_from_pendulum_demonstrations(mode, threshold, dirs,
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode=mode, dataset=str(pendulum_dataset), offline_epochs=3,
         steps_per_epoch=1000, test_episodes=5, rollout_length=(3,), seeds=tuple(range(6)),
-        rollout_every=100, n_parallel_virtual_rollouts=20, real_ratio=0.5,
+        rollout_every=100, n_parallel_rollouts=20, real_ratio=0.5,
         env_model={"n_networks": 5, "n_hidden_units": 64, "reward_n_hidden_units": 32,
                    "max_number_of_training_epochs": 30}))
     assert score > threshold, (mode, score)
@@ -110,5 +110,5 @@ def test_iql_learns_from_pendulum_demonstrations(dirs, pendulum_dataset):
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode="iql", dataset=str(pendulum_dataset), offline_epochs=3,
         steps_per_epoch=1000, test_episodes=5, seeds=tuple(range(6)),
-        agent={"hidden_layers": 2, "hidden_units": 128}))
+        agent={"n_hidden_layers": 2, "n_hidden_units": 128}))
     assert score > -1000.0, score

@@ -21,7 +21,7 @@ from offline_mbrl.train import Trainer
 
 # The package exports a function named `train`, which hides the module attribute.
 train_module = importlib.import_module("offline_mbrl.train")
-TINY_AGENT = {"hidden_layers": 1, "hidden_units": 16, "batch_size": 32}
+TINY_AGENT = {"n_hidden_layers": 1, "n_hidden_units": 16, "batch_size": 32}
 TINY_MODEL = {"n_networks": 3, "n_hidden_layers": 1, "n_hidden_units": 16,
               "reward_n_hidden_units": 8, "max_number_of_training_epochs": 2}
 
@@ -48,7 +48,7 @@ def config(mode, **overrides):
     values = {"env_name": "hopper-random-v2", "mode": mode, "offline_epochs": 1,
               "online_epochs": 1, "steps_per_epoch": 20, "random_steps": 10, "init_steps": 10,
               "test_episodes": 1, "max_episode_length": 30, "rollout_every": 10,
-              "n_parallel_virtual_rollouts": 4, "train_env_model_every": 15,
+              "n_parallel_rollouts": 4, "train_env_model_every": 15,
               "agent": TINY_AGENT, "env_model": TINY_MODEL}
     values.update(overrides)
     return TrainerConfiguration(**values)

@@ -60,8 +60,8 @@ def test_a_registered_mode_trains_from_the_cli_loads_and_plots(dummy_mode, dirs,
         TrainerConfiguration(mode="not-registered")
     code = train_main(["--env_name", "hopper-random-v2", "--mode", dummy_mode.name,
                        "--epochs", "2", "--steps_per_epoch", "20", "--test_episodes", "1",
-                       "--max_episode_length", "30", "--hidden_layers", "1",
-                       "--hidden_units", "16", "--no-progress"])
+                       "--max_episode_length", "30", "--n_hidden_layers", "1",
+                       "--n_hidden_units", "16", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     runs = plotting.load_runs(dirs / "experiments")
     assert [r.config["mode"] for r in runs] == [dummy_mode.name]

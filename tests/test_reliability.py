@@ -16,7 +16,7 @@ from offline_mbrl.paths import child_path
 
 TINY = ["--env_name", "Pendulum-v1", "--mode", "sac", "--epochs", "1", "--steps_per_epoch",
         "40", "--random_steps", "20", "--init_steps", "20", "--test_episodes", "1",
-        "--hidden_units", "16", "--hidden_layers", "1", "--batch_size", "16", "--no-progress"]
+        "--n_hidden_units", "16", "--n_hidden_layers", "1", "--batch_size", "16", "--no-progress"]
 
 
 @pytest.fixture()
@@ -175,7 +175,7 @@ def test_checkpoints_of_other_contents_or_sizes_get_one_line(dirs):  # noqa: F81
     state = load_checkpoint(path)
     with pytest.raises(UserError, match="cannot change agent"):
         Trainer(_bc(offline_epochs=2, agent={**config("sac").agent.model_dump(),
-                                             "hidden_units": 64}), resume=True, progress=False)
+                                             "n_hidden_units": 64}), resume=True, progress=False)
     del state["rngs"]
     save_checkpoint(path, {k: v for k, v in state.items() if k != "format_version"})
     with pytest.raises(UserError, match="does not fit this run"):

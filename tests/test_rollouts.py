@@ -73,7 +73,7 @@ def small_model():
 
 def small_agent(P=2):
     return SAC(OBS, ACT, -torch.ones(ACT), torch.ones(ACT), tuple(range(P)),
-               AgentConfiguration(hidden_layers=1, hidden_units=8))
+               AgentConfiguration(n_hidden_layers=1, n_hidden_units=8))
 
 
 def run(p, start, n_active=None, seed_offset=0):

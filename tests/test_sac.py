@@ -14,7 +14,7 @@ from offline_mbrl.agents.sac import (
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.rng import PopulationRNG
 
-SMALL = AgentConfiguration(hidden_layers=2, hidden_units=16)
+SMALL = AgentConfiguration(n_hidden_layers=2, n_hidden_units=16)
 
 
 def make_batch(P, B=8, obs_dim=3, act_dim=2, seed=0):
@@ -105,7 +105,7 @@ def test_bc_recovers_linear_policy():
     torch.manual_seed(0)
     true_w = torch.tensor([[0.5, -0.3], [0.2, 0.4], [-0.1, 0.1]])
     agent = BehavioralCloning(3, 2, -torch.ones(2), torch.ones(2), (0,),
-                              AgentConfiguration(hidden_layers=2, hidden_units=64, lr=3e-3))
+                              AgentConfiguration(n_hidden_layers=2, n_hidden_units=64, lr=3e-3))
     rng = PopulationRNG((0,))
     for _ in range(400):
         obs = torch.randn(1, 128, 3)

@@ -31,8 +31,8 @@ NAME = "hopper-random-v2"
 STATS = {"aleatoric": {"mean": 0.01, "std": 0.02, "max": 0.5},
          "epistemic": {"mean": 0.1, "std": 0.3, "max": 4.0},
          "max_reward": 2.0}
-TINY = ["--set", "agent.hidden_layers=1", "agent.hidden_units=16", "agent.batch_size=32",
-        "max_episode_length=30", "rollout_every=10", "n_parallel_virtual_rollouts=4",
+TINY = ["--set", "agent.n_hidden_layers=1", "agent.n_hidden_units=16", "agent.batch_size=32",
+        "max_episode_length=30", "rollout_every=10", "n_parallel_rollouts=4",
         "env_model.n_networks=3", "env_model.n_hidden_layers=1", "env_model.n_hidden_units=16",
         "env_model.reward_n_hidden_units=8", "env_model.max_number_of_training_epochs=2"]
 LENGTHS = Bounds(1, 20, integer=True)
@@ -98,10 +98,10 @@ def test_objective_is_mean_over_members_and_last_k():
 
 
 def test_flags_and_set_overrides():
-    assert parse_overrides(["agent.hidden_units=16", "alpha_x=auto", "seeds=[1, 2]"]) == {
-        "agent": {"hidden_units": 16}, "alpha_x": "auto", "seeds": [1, 2]}
+    assert parse_overrides(["agent.n_hidden_units=16", "alpha_x=auto", "seeds=[1, 2]"]) == {
+        "agent": {"n_hidden_units": 16}, "alpha_x": "auto", "seeds": [1, 2]}
     with pytest.raises(UserError, match="KEY=VALUE"):
-        parse_overrides(["agent.hidden_units"])
+        parse_overrides(["agent.n_hidden_units"])
     with pytest.raises(UserError, match="nested keys"):
         parse_overrides(["foo.bar=1"])
     from offline_mbrl.tuning.commands import build_parser
@@ -109,12 +109,12 @@ def test_flags_and_set_overrides():
     args = build_parser().parse_args(["--env_name", NAME, "--mode", "epistemic-penalty",
                                       "--seeds", "0", "1", "--epochs", "3",
                                       "--steps_per_epoch", "7", "--test_episodes", "2",
-                                      "--set", "agent.hidden_units=16", "agent.alpha=auto",
+                                      "--set", "agent.n_hidden_units=16", "agent.alpha=auto",
                                       "--set", "max_episode_length=30"])
     config = config_from_tune_args(args)
     assert config.seeds == (0, 1) and config.offline_epochs == 3 and config.epochs == 3
     assert config.steps_per_epoch == 7 and config.test_episodes == 2
-    assert config.agent.hidden_units == 16 and config.agent.alpha == "auto"
+    assert config.agent.n_hidden_units == 16 and config.agent.alpha == "auto"
     assert config.max_episode_length == 30
     args = build_parser().parse_args(["--env_name", NAME, "--mode", "epistemic-penalty",
                                       "--set", "no_such_field=1"])
@@ -180,8 +180,8 @@ def test_epoch_hook_sees_each_epoch_after_its_checkpoint(tiny_data, tmp_path):
         config = TrainerConfiguration(
             env_name=NAME, mode="epistemic-penalty", offline_epochs=2, steps_per_epoch=10,
             test_episodes=1, max_episode_length=20, rollout_every=10,
-            n_parallel_virtual_rollouts=4, seeds=(0, 1), rollout_length=(2,),
-            pessimism=(0.5,), agent={"hidden_layers": 1, "hidden_units": 8, "batch_size": 16},
+            n_parallel_rollouts=4, seeds=(0, 1), rollout_length=(2,),
+            pessimism=(0.5,), agent={"n_hidden_layers": 1, "n_hidden_units": 8, "batch_size": 16},
             env_model={"n_networks": 2, "n_hidden_layers": 1, "n_hidden_units": 8,
                        "reward_n_hidden_units": 8, "max_number_of_training_epochs": 1,
                        "seed": 1})
@@ -198,7 +198,7 @@ def test_epoch_hook_can_stop_training(tiny_data, tmp_path):
         config = TrainerConfiguration(
             env_name=NAME, mode="offline-sac", offline_epochs=5, steps_per_epoch=5,
             test_episodes=1, max_episode_length=20,
-            agent={"hidden_layers": 1, "hidden_units": 8, "batch_size": 16})
+            agent={"n_hidden_layers": 1, "n_hidden_units": 8, "batch_size": 16})
         trainer = Trainer(config, progress=False, root=tmp_path)
         rows = trainer.run(on_epoch=lambda epoch, rows: epoch == 2)
     assert rows[0]["Epoch"] == 2 and trainer.epoch == 2

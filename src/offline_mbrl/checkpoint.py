@@ -15,6 +15,7 @@ import torch
 from offline_mbrl.errors import UserError
 from offline_mbrl.files import atomic_write
 from offline_mbrl.modes import same_agent
+from offline_mbrl.renames import current_config_names
 
 FORMAT_VERSION = 1
 
@@ -67,6 +68,9 @@ def check_resumable(path: Path, state: dict[str, Any], agent_kind: str, obs_dim:
         state: its contents.
         agent_kind, obs_dim: the resuming run's agent and observation size.
         now: the resuming run's configuration as JSON, for a member seed.
+
+    A checkpoint saved under old field names (:mod:`offline_mbrl.renames`) is compared
+    under the current ones.
     """
     if not same_agent(state.get("agent_kind"), agent_kind) or state.get("obs_dim") != obs_dim:
         raise UserError(f"checkpoint {path} belongs to another mode or environment: "
@@ -75,6 +79,7 @@ def check_resumable(path: Path, state: dict[str, Any], agent_kind: str, obs_dim:
     if not isinstance(saved, dict):
         raise UserError(f"checkpoint {path} holds no configuration: it is damaged or "
                         "foreign; start a new run with --overwrite")
+    saved = current_config_names(saved)
     current = now(int(saved.get("seed", 0)))
     changed = [key for key in current if key not in RESUME_MAY_CHANGE
                and key in saved and saved[key] != current[key]]

@@ -32,6 +32,7 @@ from offline_mbrl.hyperparameters import read_hyperparameters_file
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 from offline_mbrl.modes import MODES
 from offline_mbrl.policy import load_agent
+from offline_mbrl.renames import current_config_names
 from offline_mbrl.runs import CHECKPOINT_FILE, RESOLVED_KEY, find_checkpoint
 from offline_mbrl.train import Trainer
 
@@ -76,7 +77,9 @@ def _scalar_type(annotation: Any) -> tuple[Any, bool]:
 
 def add_model_flags(parser: Any, model: type[BaseModel], skip: Sequence[str] = (),
                     prefix: str = "") -> list[str]:
-    """Add ``--<prefix><field>`` for each field of ``model`` (defaults unset)."""
+    """Add ``--<prefix><field>`` for each field of ``model`` (defaults unset), and a hidden
+    ``--<prefix><old name>`` for each of its renamed fields (``model.renamed``)."""
+    old_names = {new: old for old, new in getattr(model, "renamed", {}).items()}
     names = []
     for name, info in model.model_fields.items():
         if name in skip or (isinstance(info.annotation, type)
@@ -85,7 +88,8 @@ def add_model_flags(parser: Any, model: type[BaseModel], skip: Sequence[str] = (
         kind, many = _scalar_type(info.annotation)
         help_text = (info.description or "").replace("%", "%%")
         default = info.default
-        help_text += f" (default: {default})"
+        help_text += f" (default: {default}" + (
+            f"; old name --{prefix}{old_names[name]})" if name in old_names else ")")
         kwargs: dict[str, Any] = {"default": None, "help": help_text,
                                   "dest": prefix + name}
         if kind is parse_bool:
@@ -99,6 +103,9 @@ def add_model_flags(parser: Any, model: type[BaseModel], skip: Sequence[str] = (
         elif (info.json_schema_extra or {}).get("choices") == "modes":  # type: ignore[union-attr]
             kwargs["choices"] = list(MODES)
         parser.add_argument(f"--{prefix}{name}", **kwargs)
+        if name in old_names:
+            parser.add_argument(f"--{prefix}{old_names[name]}",
+                                **{**kwargs, "help": argparse.SUPPRESS})
         names.append(name)
     return names
 
@@ -156,6 +163,15 @@ def build_train_parser(prog: str = "train_agent.py") -> argparse.ArgumentParser:
     return parser
 
 
+def _current_names(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """A file's configuration fields with old names replaced by current ones, before flags
+    (which set current names) override them."""
+    try:
+        return current_config_names(values)
+    except ValueError as error:
+        raise UserError(f"{source}: {error}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
     """Merge ``--config`` file, flags and aliases into a validated configuration."""
     values: dict[str, Any] = {}
@@ -169,8 +185,10 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
             raise UserError(f"--config {args.config} holds a JSON {type(values).__name__}, "
                             "not an object of configuration fields: pass a run's config.json")
         values.pop(RESOLVED_KEY, None)  # what a run derived, not a setting
+        values = _current_names(values, f"--config {args.config}")
     if args.hyperparameters is not None:
-        values.update(read_hyperparameters_file(args.hyperparameters))
+        values.update(_current_names(read_hyperparameters_file(args.hyperparameters),
+                                     f"--hyperparameters {args.hyperparameters}"))
     for group in ("agent", "env_model"):
         if not isinstance(values.get(group, {}), dict):
             raise UserError(f"'{group}' in the configuration file must be an object of fields, "

@@ -1,13 +1,15 @@
 """Typed, validated, frozen configurations.
 
 Each field's docstring is its documentation and its command-line help. The field
-names of :class:`TrainerConfiguration` are those of the seed project, so that seed
-command lines and configuration files keep working.
+names of :class:`TrainerConfiguration` are the seed project's, except four that it spelled
+with *virtual* (see :mod:`offline_mbrl.renames`); the old names are still accepted, so
+that seed command lines and configuration files keep working.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,14 +23,17 @@ from offline_mbrl.errors import UserError, validation_message
 from offline_mbrl.fields import Frozen, NonNegativeFloat, NonNegativeInt, PositiveInt
 from offline_mbrl.models.training import EnvironmentModelConfiguration
 from offline_mbrl.modes import MODES, get_mode
+from offline_mbrl.renames import AGENT_RENAMED, TRAINER_RENAMED
 
 
 class AgentConfiguration(Frozen):
     """Hyperparameters of the SAC and behavioral-cloning agents (seed defaults)."""
 
-    hidden_layers: PositiveInt = 4
+    renamed: ClassVar[Mapping[str, str]] = AGENT_RENAMED
+
+    n_hidden_layers: PositiveInt = 4
     """Hidden layers of the actor and of each critic."""
-    hidden_units: PositiveInt = 128
+    n_hidden_units: PositiveInt = 128
     """ReLU units per hidden layer."""
     lr: Annotated[float, Field(gt=0)] = 3e-4
     """Adam learning rate of actor, critics and entropy temperature."""
@@ -90,6 +95,8 @@ class AgentConfiguration(Frozen):
 class TrainerConfiguration(Frozen):
     """Everything a training run needs; written to ``config.json`` in each run directory."""
 
+    renamed: ClassVar[Mapping[str, str]] = TRAINER_RENAMED
+
     env_name: str = "hopper-medium-replay-v2"
     """D4RL name (hopper-medium-replay-v2), plain name (hopper-v2) or Gymnasium id (Pendulum-v1)."""
     mode: str = Field("sac", json_schema_extra={"choices": "modes"})
@@ -125,15 +132,15 @@ class TrainerConfiguration(Frozen):
     use_env_model: bool = False
     """Train on synthetic data from an environment model (implied by mbpo and the
     pessimistic modes)."""
-    n_parallel_virtual_rollouts: PositiveInt = 50
+    n_parallel_rollouts: PositiveInt = 50
     """Synthetic transitions generated per agent update (seed: 50)."""
-    max_virtual_rollout_length: PositiveInt = 15
+    max_rollout_length: PositiveInt = 15
     """Length of synthetic rollouts when no tuned value applies."""
     train_env_model_every: PositiveInt = 250
     """mbpo: retrain the environment model every this many environment steps."""
     train_env_model_from_scratch: bool = False
     """mbpo: re-initialise the model before each retraining."""
-    reset_virtual_buffer_after_env_model_training: bool = False
+    reset_synthetic_buffer_after_env_model_training: bool = False
     """mbpo: empty the synthetic buffer after each model retraining."""
     pretrained_env_model_path: str | None = None
     """Environment model file to use instead of $OMBRL_MODELS_DIR/<env>-model.pt."""
@@ -143,7 +150,7 @@ class TrainerConfiguration(Frozen):
     """Online: dataset transitions copied into the replay buffer before training (-1: all)."""
     real_buffer_size: Annotated[int, Field(gt=0)] = 1_000_000
     """Replay buffer capacity per member (online modes)."""
-    virtual_buffer_size: Annotated[int, Field(gt=0)] = 1_000_000
+    synthetic_buffer_size: Annotated[int, Field(gt=0)] = 1_000_000
     """Synthetic buffer capacity per member (model-based modes)."""
     save_frequency: PositiveInt = 1
     """Write a checkpoint every this many epochs (and always after the last)."""
@@ -164,7 +171,7 @@ class TrainerConfiguration(Frozen):
     """Dataset file (D4RL HDF5) or minari:<id> instead of resolving env_name."""
     rollout_length: tuple[PositiveInt, ...] | None = None
     """Synthetic rollout length (one value, or one per population member); default: the
-    tuned table for the mode and dataset, else max_virtual_rollout_length."""
+    tuned table for the mode and dataset, else max_rollout_length."""
     pessimism: tuple[NonNegativeFloat, ...] | None = None
     """Penalty coefficient λ of *-penalty modes (one value or one per member); default: the
     tuned table, else R_max / the dataset's 99th-percentile uncertainty."""
@@ -180,13 +187,13 @@ class TrainerConfiguration(Frozen):
     rollout time on CPUs with bf16 units (AVX-512 BF16/AMX) at ~3 significant digits."""
     rollout_every: PositiveInt = 250
     """Agent updates between rollout rounds; each round generates
-    n_parallel_virtual_rollouts × rollout_every synthetic transitions per member at once."""
+    n_parallel_rollouts × rollout_every synthetic transitions per member at once."""
     agent: AgentConfiguration = AgentConfiguration()
     """Agent hyperparameters."""
     env_model: EnvironmentModelConfiguration = EnvironmentModelConfiguration()
     """Environment model architecture and training (model-based modes)."""
 
-    @field_validator("real_buffer_size", "virtual_buffer_size", mode="before")
+    @field_validator("real_buffer_size", "synthetic_buffer_size", mode="before")
     @classmethod
     def _int_from_float(cls, value: Any) -> Any:
         # The seed writes buffer sizes as 1e6.

@@ -5,9 +5,12 @@ can build their parsers before anything heavy is imported."""
 from __future__ import annotations
 
 import argparse
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from offline_mbrl.renames import current_names
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -21,6 +24,17 @@ class Frozen(BaseModel):
     """A validated, immutable configuration whose field docstrings become the CLI help."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    renamed: ClassVar[Mapping[str, str]] = {}
+    """Old field names -> current ones: the old ones are accepted as input (command-line
+    aliases, file keys, keyword arguments) and never written (see offline_mbrl.renames)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _current_names(cls, values: Any) -> Any:
+        if cls.renamed and isinstance(values, Mapping):
+            return current_names(values, cls.renamed)
+        return values
 
 
 def parse_bool(text: str | bool) -> bool:

@@ -3,7 +3,7 @@
 The table starts from the seed project's tuned values (``tuned_hyperparameters.csv``,
 found on the original D4RL v2 files): ``value`` is the penalty coefficient λ for
 ``*-penalty`` modes and the uncertainty threshold for ``*-partitioning`` modes.
-Datasets without an entry use the configuration's ``max_virtual_rollout_length`` and,
+Datasets without an entry use the configuration's ``max_rollout_length`` and,
 for the pessimism, values derived from the dataset's own uncertainty statistics (see
 :func:`fallback_pessimism`).
 """

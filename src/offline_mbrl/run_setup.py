@@ -212,7 +212,7 @@ def resolve_pessimism(config: TrainerConfiguration, env: EnvSpec, model: Environ
     elif tuned:
         lengths, source = (tuned.rollout_length,), "table"
     else:
-        lengths, source = (config.max_virtual_rollout_length,), "max_virtual_rollout_length"
+        lengths, source = (config.max_rollout_length,), "max_rollout_length"
     rollout_length = per_member("rollout_length", lengths, n_members, device).long()
     resolved: dict[str, dict[str, Any]] = {
         "rollout_length": {"value": rollout_length.tolist(), "source": source}}

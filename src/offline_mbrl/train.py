@@ -248,7 +248,7 @@ class Trainer:
             self.dataset = DatasetSampler(dataset_rows)
         self.synthetic: PopulationBuffer | None = None
         if self.model_based:
-            self.synthetic = PopulationBuffer(self.P, config.virtual_buffer_size, self.layout,
+            self.synthetic = PopulationBuffer(self.P, config.synthetic_buffer_size, self.layout,
                                               self.device)
         self._synthetic_empty = True
 
@@ -282,9 +282,9 @@ class Trainer:
             self.P, self.device)
 
     def _rollout_round(self, start_source: Callable[[int], torch.Tensor]) -> None:
-        """Generate ``n_parallel_virtual_rollouts × rollout_every`` transitions per member."""
+        """Generate ``n_parallel_rollouts × rollout_every`` transitions per member."""
         assert self.pessimism is not None and self.synthetic is not None
-        samples = self.config.n_parallel_virtual_rollouts * self.config.rollout_every
+        samples = self.config.n_parallel_rollouts * self.config.rollout_every
         lengths = self.pessimism.rollout_length
         n_active = torch.div(samples + lengths - 1, lengths, rounding_mode="floor")
         n_starts = int(samples // int(lengths.min()) + 1)
@@ -372,7 +372,8 @@ class Trainer:
         self.model = self.model.to(self.device)
         if self.pessimism is None:
             self._resolve_pessimism()
-        if self.config.reset_virtual_buffer_after_env_model_training and self.synthetic is not None:
+        if (self.config.reset_synthetic_buffer_after_env_model_training
+                and self.synthetic is not None):
             self.synthetic.clear()
             self._synthetic_empty = True
 

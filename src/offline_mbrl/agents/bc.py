@@ -30,7 +30,7 @@ class BehavioralCloning(nn.Module):
         self.config = config
         self.n_members = len(seeds)
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        hidden = (config.hidden_units,) * config.hidden_layers
+        hidden = (config.n_hidden_units,) * config.n_hidden_layers
         self.actor = BatchedMLP(self.n_members, obs_dim, act_dim, hidden)
         self.actor.reset_parameters(member_generators(seeds, _POLICY_SALT))
         self.scaler = ActionScaler(torch.as_tensor(action_low), torch.as_tensor(action_high))

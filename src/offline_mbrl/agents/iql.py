@@ -120,7 +120,7 @@ class IQL(SAC):
                  seeds: tuple[int, ...], config: AgentConfiguration,
                  device: str | torch.device = "cpu") -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, seeds, config, device)
-        hidden = (config.hidden_units,) * config.hidden_layers
+        hidden = (config.n_hidden_units,) * config.n_hidden_layers
         self.value = BatchedMLP(self.n_members, obs_dim, 1, hidden)
         # Drawn on the CPU, as SAC's networks are, so that a member starts alike everywhere.
         self.value.reset_parameters(member_generators(seeds, _VALUE_SALT))

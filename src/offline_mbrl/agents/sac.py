@@ -114,7 +114,7 @@ class SAC(nn.Module):
         # The hidden layers' products run in this dtype in updates and when acting alike.
         self.dtype = getattr(torch, config.precision)
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        hidden = (config.hidden_units,) * config.hidden_layers
+        hidden = (config.n_hidden_units,) * config.n_hidden_layers
         P = self.n_members
         self.actor = BatchedMLP(P, obs_dim, 2 * act_dim, hidden)
         self.actor.reset_parameters(member_generators(seeds, _ACTOR_SALT))

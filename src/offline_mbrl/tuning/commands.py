@@ -91,20 +91,20 @@ def build_parser(prog: str = "ombrl tune") -> argparse.ArgumentParser:
     trial.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                        metavar="KEY=VALUE",
                        help="any TrainerConfiguration field, nested ones with a dot, e.g. "
-                       "agent.hidden_units=16 env_model.n_networks=5 max_episode_length=500 "
+                       "agent.n_hidden_units=16 env_model.n_networks=5 max_episode_length=500 "
                        "(values are JSON, else strings)")
     return parser
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "agent.hidden_units=16"]`` -> ``{"a": 1, "agent": {"hidden_units": 16}}``."""
+    """``["a=1", "agent.n_hidden_units=16"]`` -> ``{"a": 1, "agent": {"n_hidden_units": 16}}``."""
     values: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UserError(f"--set {item!r} is not KEY=VALUE: write e.g. --set "
-                            "agent.hidden_units=16")
+                            "agent.n_hidden_units=16")
         try:
             value: Any = json.loads(text)
         except json.JSONDecodeError:
@@ -112,7 +112,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         parts = key.split(".")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] not in _NESTED):
             raise UserError(f"--set {key}: nested keys must start with {' or '.join(_NESTED)}, "
-                            "e.g. agent.hidden_units=16")
+                            "e.g. agent.n_hidden_units=16")
         if len(parts) == 2:
             values.setdefault(parts[0], {})[parts[1]] = value
         else:
