@@ -142,7 +142,7 @@ def test_the_trainer_tells_combo_its_batch_split(dirs):  # noqa: F811
 
 def test_population_member_trains_like_a_single_run(dirs):  # noqa: F811
     """Member p of a COMBO population reproduces the single run with seed p."""
-    settings = {"real_ratio": 0.5, "agent": {"hidden_layers": 1, "hidden_units": 16,
+    settings = {"real_ratio": 0.5, "agent": {"n_hidden_layers": 1, "n_hidden_units": 16,
                                              "batch_size": 32, "combo_states": "model"}}
     population = Trainer(config("combo", seeds=(0, 1), experiment_name="pop", **settings),
                          progress=False)
