@@ -78,12 +78,12 @@ def test_every_mode_runs(mode, dirs):
     assert (rows[0]["TotalEnvInteracts"] > 0) == online  # offline modes never step the env
     if mode == "behavioral-cloning":
         assert isinstance(trainer.agent, BehavioralCloning) and trainer.synthetic is None
-    if mode in ("mbpo",) or mode.endswith(("penalty", "partitioning")):
+    spec = MODES[mode]
+    if spec.model_based:
         assert trainer.pessimism is not None and "RolloutLength" in rows[0]
-        expected = "none" if mode == "mbpo" else mode.split("-")[1]
-        assert trainer.pessimism.kind == expected
-        if expected != "none":
-            assert trainer.pessimism.uncertainty == mode.split("-")[0]
+        assert trainer.pessimism.kind == spec.pessimism
+        if spec.pessimistic:
+            assert trainer.pessimism.uncertainty == spec.uncertainty
     else:
         assert trainer.model is None
 

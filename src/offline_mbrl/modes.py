@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 PessimismKind = Literal["none", "penalty", "partitioning"]
-Uncertainty = Literal["aleatoric", "epistemic"]
+Uncertainty = Literal["aleatoric", "epistemic", "bellman"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ class ModeSpec:
     """What rollouts do with the model's uncertainty: subtract it from the reward
     (``penalty``), end the rollout where it is too high (``partitioning``), or nothing."""
     uncertainty: Uncertainty | None = None
-    """Which uncertainty the pessimism reads."""
+    """Which uncertainty the pessimism reads: the ensemble's ``aleatoric`` or ``epistemic``
+    uncertainty of the next state, or the ``bellman`` inconsistency of its members' Bellman
+    targets under the agent's critic (MOBILE; see :mod:`offline_mbrl.rollouts`)."""
     default_updates: int = 500_000
     """Gradient updates of an offline run when ``--epochs`` is not given."""
     precisions: tuple[str, ...] = ("float32", "bfloat16")
@@ -141,3 +143,11 @@ register(ModeSpec("cql", "offline_mbrl.agents.cql:CQL", online=False, default_up
 register(ModeSpec("iql", "offline_mbrl.agents.iql:IQL", online=False, default_updates=1_000_000,
                   summary="implicit Q-learning: expectile value, advantage-weighted actor "
                           "(Kostrikov et al., 2022)"))
+# MOBILE (Sun, Zhang, Jia, Lin, Ye and Yu, "Model-Bellman Inconsistency for Model-based
+# Offline Reinforcement Learning", ICML 2023): MOPO's reward penalty with the spread of the
+# ensemble members' Bellman targets as its uncertainty; the agent is plain SAC, the penalty
+# lives in the rollouts.
+register(ModeSpec("mobile", _SAC, online=False, model_based=True, pessimism="penalty",
+                  uncertainty="bellman",
+                  summary="offline SAC on model rollouts: reward minus β × the spread of the "
+                          "ensemble's Bellman targets (MOBILE, Sun et al., 2023)"))
