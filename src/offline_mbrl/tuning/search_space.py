@@ -54,8 +54,13 @@ def tunable_modes() -> tuple[str, ...]:
 
 
 def check_tunable_mode(mode: str) -> None:
+    if mode not in pessimistic_modes():
+        raise UserError(f"mode '{mode}' has no pessimism to tune: use one of "
+                        f"{', '.join(tunable_modes())}")
     if mode not in tunable_modes():
-        raise UserError(f"mode '{mode}' has no pessimism search range to tune: use one of "
+        raise UserError(f"mode '{mode}' reads the critic's {MODES[mode].uncertainty} "
+                        "uncertainty, which no dataset statistic measures, so there is no "
+                        "search range to tune: set --pessimism by hand, or tune one of "
                         f"{', '.join(tunable_modes())}")
 
 
