@@ -9,7 +9,7 @@ from offline_mbrl.logging import read_progress
 from offline_mbrl.train import Trainer
 
 EXACT_MODES = ["offline-sac", "behavioral-cloning", "epistemic-penalty",
-               "aleatoric-partitioning", "sac", "mbpo", "cql", "iql", "combo"]
+               "aleatoric-partitioning", "sac", "mbpo", "cql", "iql", "combo", "mobile"]
 
 
 def _rows(trainer: Trainer) -> list[dict[str, float]]:

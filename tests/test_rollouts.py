@@ -58,6 +58,7 @@ def test_no_pessimism_leaves_predictions():
     ("aleatoric-partitioning", "partitioning", "aleatoric"),
     ("epistemic-partitioning", "partitioning", "epistemic"),
     ("mbpo", "none", "epistemic"),
+    ("mobile", "penalty", "bellman"),
 ])
 def test_modes_map_to_their_pessimism(mode, kind, unc):
     p = Pessimism.from_mode(mode, torch.ones(1), torch.zeros(1), torch.zeros(1), 1.0)

@@ -101,8 +101,8 @@ class TrainerConfiguration(Frozen):
     """D4RL name (hopper-medium-replay-v2), plain name (hopper-v2) or Gymnasium id (Pendulum-v1)."""
     mode: str = Field("sac", json_schema_extra={"choices": "modes"})
     """Training mode, one of the registry's (offline_mbrl.modes): sac, mbpo, offline-sac,
-    behavioral-cloning, {aleatoric,epistemic}-{penalty,partitioning}, and any registered
-    since."""
+    behavioral-cloning, {aleatoric,epistemic}-{penalty,partitioning}, cql, iql, mobile, and
+    any registered since."""
     seed: NonNegativeInt = 0
     """Random seed of a single run."""
     seeds: tuple[NonNegativeInt, ...] | None = None
@@ -173,8 +173,10 @@ class TrainerConfiguration(Frozen):
     """Synthetic rollout length (one value, or one per population member); default: the
     tuned table for the mode and dataset, else max_rollout_length."""
     pessimism: tuple[NonNegativeFloat, ...] | None = None
-    """Penalty coefficient λ of *-penalty modes (one value or one per member); default: the
-    tuned table, else R_max / the dataset's 99th-percentile uncertainty."""
+    """Penalty coefficient λ of *-penalty modes and β of mobile (one value or one per
+    member); default: the tuned table, else R_max / the dataset's 99th-percentile
+    uncertainty (mobile: 1.0, the MOBILE code's default; its per-dataset values are 0.1 on
+    hopper- and halfcheetah-medium-replay, 0.5 on walker2d-medium-replay, 0.1 to 5 in all)."""
     ood_threshold: tuple[NonNegativeFloat, ...] | None = None
     """Uncertainty threshold of *-partitioning modes (one value or one per member); default:
     the tuned table, else the dataset's 99th-percentile uncertainty."""

@@ -2,10 +2,14 @@
 
 The table starts from the seed project's tuned values (``tuned_hyperparameters.csv``,
 found on the original D4RL v2 files): ``value`` is the penalty coefficient λ for
-``*-penalty`` modes and the uncertainty threshold for ``*-partitioning`` modes.
+``*-penalty`` modes and the uncertainty threshold for ``*-partitioning`` modes. The
+``mobile`` rows are the rollout lengths and penalty coefficients β of the MOBILE authors'
+per-dataset configurations (``configs/gym`` of github.com/yihaosun1124/mobile); a row's
+optional ``source`` column names where its values come from.
 Datasets without an entry use the configuration's ``max_rollout_length`` and,
 for the pessimism, values derived from the dataset's own uncertainty statistics (see
-:func:`fallback_pessimism`).
+:func:`fallback_pessimism`), or a mode's default where no such rule applies
+(:data:`DEFAULT_PESSIMISM`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from offline_mbrl.modes import get_mode
 class Tuned:
     rollout_length: int
     value: float
+    source: str = "table"
+    """What ``config.json`` records as the values' source."""
 
 
 def tuned_table() -> dict[tuple[str, str], Tuned]:
@@ -31,8 +37,9 @@ def tuned_table() -> dict[tuple[str, str], Tuned]:
     text = resources.files("offline_mbrl").joinpath("tuned_hyperparameters.csv").read_text()
     table = {}
     for row in csv.DictReader(text.splitlines()):
+        source = f"table ({row['source']})" if row.get("source") else "table"
         table[(row["mode"], row["dataset"])] = Tuned(int(row["rollout_length"]),
-                                                     float(row["value"]))
+                                                     float(row["value"]), source)
     return table
 
 
@@ -41,6 +48,14 @@ def lookup(mode: str, dataset_name: str | None) -> Tuned | None:
         return None
     return tuned_table().get((mode, dataset_name))
 
+
+DEFAULT_PESSIMISM: dict[str, tuple[float, str]] = {
+    "bellman": (1.0, "default (MOBILE paper's code: penalty_coef of configs/gym/default.py)"),
+}
+"""``(value, source)`` by uncertainty kind, for kinds :func:`fallback_pessimism` cannot
+derive a value for. MOBILE's Bellman inconsistency depends on the critic, which has not
+learned anything when the value is resolved, so no dataset statistic of it exists; its
+coefficient β defaults to the authors' default (their per-dataset values span 0.1 to 5)."""
 
 UNKNOWN_QUANTILE = 0.99
 """Dataset-uncertainty quantile that the derived pessimism puts the edge of the known at."""

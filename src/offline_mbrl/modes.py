@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 PessimismKind = Literal["none", "penalty", "partitioning"]
-Uncertainty = Literal["aleatoric", "epistemic"]
+Uncertainty = Literal["aleatoric", "epistemic", "bellman"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ class ModeSpec:
     """What rollouts do with the model's uncertainty: subtract it from the reward
     (``penalty``), end the rollout where it is too high (``partitioning``), or nothing."""
     uncertainty: Uncertainty | None = None
-    """Which uncertainty the pessimism reads."""
+    """Which uncertainty the pessimism reads: the ensemble's ``aleatoric`` or ``epistemic``
+    uncertainty of the next state, or the ``bellman`` inconsistency of its members' Bellman
+    targets under the agent's critic (MOBILE; see :mod:`offline_mbrl.rollouts`)."""
     default_updates: int = 500_000
     """Gradient updates of an offline run when ``--epochs`` is not given."""
     precisions: tuple[str, ...] = ("float32", "bfloat16")
@@ -145,3 +147,11 @@ register(ModeSpec("combo", "offline_mbrl.agents.combo:COMBO", online=False, mode
                   default_updates=1_000_000,
                   summary="COMBO: SAC on real and model data, Q pushed down at sampled actions "
                           "and up at the dataset's (Yu et al., 2021)"))
+# MOBILE (Sun, Zhang, Jia, Lin, Ye and Yu, "Model-Bellman Inconsistency for Model-based
+# Offline Reinforcement Learning", ICML 2023): MOPO's reward penalty with the spread of the
+# ensemble members' Bellman targets as its uncertainty; the agent is plain SAC, the penalty
+# lives in the rollouts.
+register(ModeSpec("mobile", _SAC, online=False, model_based=True, pessimism="penalty",
+                  uncertainty="bellman",
+                  summary="offline SAC on model rollouts: reward minus β × the spread of the "
+                          "ensemble's Bellman targets (MOBILE, Sun et al., 2023)"))

@@ -35,7 +35,7 @@ from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.data.resolve import load_dataset
 from offline_mbrl.envs.registry import EnvSpec, evaluation_env_id, make_env
 from offline_mbrl.errors import UserError
-from offline_mbrl.hyperparameters import fallback_pessimism, lookup
+from offline_mbrl.hyperparameters import DEFAULT_PESSIMISM, fallback_pessimism, lookup
 from offline_mbrl.models.ensemble import EnvironmentModel
 from offline_mbrl.models.io import (
     check_model_matches,
@@ -198,7 +198,8 @@ def resolve_pessimism(config: TrainerConfiguration, env: EnvSpec, model: Environ
     """Per-member rollout lengths and pessimism, and where each value came from.
 
     The order is: flags, then the tuned table (only for the published D4RL files,
-    recognised by content), then values derived from the dataset's uncertainty statistics.
+    recognised by content), then values derived from the dataset's uncertainty statistics
+    (or the mode's default, for MOBILE's Bellman inconsistency, which has none).
     ``dataset`` is ``None`` online (mbpo), which has no pessimism.
 
     Returns:
@@ -210,7 +211,7 @@ def resolve_pessimism(config: TrainerConfiguration, env: EnvSpec, model: Environ
     if config.rollout_length:
         lengths, source = config.rollout_length, "flag"
     elif tuned:
-        lengths, source = (tuned.rollout_length,), "table"
+        lengths, source = (tuned.rollout_length,), tuned.source
     else:
         lengths, source = (config.max_rollout_length,), "max_rollout_length"
     rollout_length = per_member("rollout_length", lengths, n_members, device).long()
@@ -235,7 +236,7 @@ def resolve_pessimism(config: TrainerConfiguration, env: EnvSpec, model: Environ
         "source": ("largest dataset reward" if positive
                    else "width of the dataset's reward range (no reward is positive)")}
     return Pessimism.from_mode(config.mode, rollout_length, penalty, threshold,
-                               max_reward), resolved
+                               max_reward, config.agent.gamma), resolved
 
 
 def _pessimism_values(config: TrainerConfiguration, mode: ModeSpec, tuned: Any,
@@ -248,7 +249,10 @@ def _pessimism_values(config: TrainerConfiguration, mode: ModeSpec, tuned: Any,
     if given is not None:
         return tuple(given), "flag"
     if tuned is not None:
-        return (tuned.value,), "table"
+        return (tuned.value,), tuned.source
+    if mode.uncertainty in DEFAULT_PESSIMISM:
+        value, source = DEFAULT_PESSIMISM[mode.uncertainty]
+        return (value,), source
     stats = uncertainty_statistics(model, dataset, model_path)
     return ((fallback_pessimism(config.mode, stats[mode.uncertainty], max_reward),),
             "derived from the dataset's uncertainty statistics")

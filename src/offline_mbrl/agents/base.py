@@ -49,6 +49,16 @@ class CriticAgent(Agent, Protocol):
         (environment units), without gradient."""
         ...
 
+    def value_estimate(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``[P, B]`` the target critics' value of ``obs [P, B, obs_dim]`` at a policy
+        action: ``min_j Q̄_j(s, a)`` with ``a ~ π(s)`` drawn from the standard normal
+        ``noise [P, B, act_dim]``, without gradient and without an entropy term.
+
+        The caller draws ``noise`` from its own per-member stream (a rollout's), so that a
+        population member reads the same values as a single run with its seed. MOBILE's
+        Bellman targets of predicted next states read their ``Q̂(s', a')`` here."""
+        ...
+
 
 @runtime_checkable
 class MixedBatchAgent(Agent, Protocol):

@@ -213,6 +213,15 @@ class SAC(nn.Module):
         the critic (MOBILE's) read, without reaching into the agent."""
         return self.q_values(obs, self.scaler.to_unit(action)).amin(dim=1)
 
+    @torch.no_grad()
+    def value_estimate(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``[P, B]`` the smaller target twin's Q-value of ``obs [P, B, obs_dim]`` at the
+        policy's action for standard normal ``noise [P, B, act_dim]``: the ``Q̂(s', a')`` of
+        a TD target without its entropy term (MOBILE's Bellman targets read it)."""
+        mean, log_std = self.policy(obs)
+        action = torch.tanh(torch.addcmul(mean, log_std.exp(), noise))
+        return self.q_values(obs, action, self.critic_target).amin(dim=1)
+
     # ----------------------------------------------------------------- update
     def update(self, batch: Batch, rng: PopulationRNG) -> dict[str, torch.Tensor]:
         """One SAC step for every member.

@@ -237,6 +237,29 @@ def sample_next(
     reward_std = torch.exp(0.5 * _gather_member(outputs.reward_logvar, member_idx))
     delta = delta_mean + delta_std * noise[:, :obs_dim]
     reward = reward_mean + reward_std * noise[:, obs_dim]
+    return _to_raw(obs, delta, reward, normalizer)
+
+
+def member_means(outputs: EnsembleOutput, obs: torch.Tensor, normalizer: Normalizer
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's mean ``(next_obs, reward)`` in raw units, clipped as
+    :func:`sample_next` clips its samples.
+
+    Args:
+        outputs: the ensemble's prediction for ``obs`` (``[E, B, ...]``).
+        obs: ``[B, obs_dim]`` raw observations the prediction was made for.
+        normalizer: the model's :class:`Normalizer`.
+
+    Returns:
+        ``next_obs`` ``[E, B, obs_dim]`` and ``reward`` ``[E, B]``.
+    """
+    return _to_raw(obs, outputs.delta_mean, outputs.reward_mean, normalizer)
+
+
+def _to_raw(obs: torch.Tensor, delta: torch.Tensor, reward: torch.Tensor,
+            normalizer: Normalizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised ``delta [..., B, obs_dim]`` and ``reward [..., B]`` to raw, clipped
+    ``(next_obs, reward)`` for raw ``obs [B, obs_dim]``."""
     next_obs = obs + normalizer.delta_mean + normalizer.delta_std * delta
     reward = normalizer.reward_mean + normalizer.reward_std * reward
     # nan_to_num first: clamp passes NaN through, and one NaN would poison a whole rollout.

@@ -20,7 +20,7 @@ from rich.table import Table
 from offline_mbrl.cli import DefaultsHelpFormatter, OneLineParser, run_main
 from offline_mbrl.config import TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
-from offline_mbrl.modes import pessimistic_modes
+from offline_mbrl.tuning.search_space import tunable_modes
 from offline_mbrl.tuning.tune import TuneOptions, import_tune_libraries, tune_hyperparameters
 
 _NESTED = ("agent", "env_model")
@@ -39,7 +39,7 @@ def build_parser(prog: str = "ombrl tune") -> argparse.ArgumentParser:
     what = parser.add_argument_group("what to tune")
     what.add_argument("--env_name", required=True, help="D4RL dataset name, e.g. "
                       "hopper-medium-replay-v2 (or an environment name with --dataset)")
-    what.add_argument("--mode", required=True, choices=pessimistic_modes(),
+    what.add_argument("--mode", required=True, choices=tunable_modes(),
                       help="pessimistic mode whose hyperparameters are tuned")
     what.add_argument("--trials", type=int, default=20, help="number of trials")
     what.add_argument("--seeds", type=int, nargs="+", default=[0],

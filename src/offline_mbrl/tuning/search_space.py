@@ -45,10 +45,23 @@ def pessimism_parameter(mode: str) -> str:
     return field
 
 
+def tunable_modes() -> tuple[str, ...]:
+    """The pessimistic modes whose search range the model's uncertainty statistics set:
+    MOBILE's Bellman inconsistency depends on the critic, so it has no such statistics
+    (set its ``--pessimism`` by hand)."""
+    return tuple(mode for mode in pessimistic_modes()
+                 if MODES[mode].uncertainty in ("aleatoric", "epistemic"))
+
+
 def check_tunable_mode(mode: str) -> None:
     if mode not in pessimistic_modes():
         raise UserError(f"mode '{mode}' has no pessimism to tune: use one of "
-                        f"{', '.join(pessimistic_modes())}")
+                        f"{', '.join(tunable_modes())}")
+    if mode not in tunable_modes():
+        raise UserError(f"mode '{mode}' reads the critic's {MODES[mode].uncertainty} "
+                        "uncertainty, which no dataset statistic measures, so there is no "
+                        "search range to tune: set --pessimism by hand, or tune one of "
+                        f"{', '.join(tunable_modes())}")
 
 
 def search_bounds(mode: str, stats: Mapping[str, Any],
@@ -69,7 +82,7 @@ def search_bounds(mode: str, stats: Mapping[str, Any],
         UserError: a mode without pessimism, or statistics that leave the range empty.
     """
     parameter = pessimism_parameter(mode)
-    kind = mode.split("-")[0]
+    kind = str(MODES[mode].uncertainty)
     u_mean, u_max = float(stats[kind]["mean"]), float(stats[kind]["max"])
     low_len, high_len = rollout_length
     if not 1 <= low_len <= high_len:
