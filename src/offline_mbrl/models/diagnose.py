@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from offline_mbrl.data.d4rl import episode_segments
 from offline_mbrl.data.dataset import OfflineDataset
@@ -561,6 +562,8 @@ def _calibration_panel(ax: Axes, summary: Mapping[str, Any], kind: str) -> None:
         if len(positive) == len(values) and high > 10 * low:
             ax.set_xscale("log")
             ax.set_yscale("log")
+            # Minor-tick labels of a log axis spanning about one decade collide.
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"predicted {kind} ({'std' if kind == 'aleatoric' else 'disagreement'})")
     ax.set_ylabel("observed error (mean per decile)")
     ax.set_title(f"{kind} calibration")
