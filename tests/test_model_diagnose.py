@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from tests.test_uncertainty_command import one_line_error, use_directories
 
 from offline_mbrl.cli import main as ombrl_main
 from offline_mbrl.data.collect import collect_random
@@ -58,17 +59,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture()
 def env(tiny, monkeypatch):
     root = tiny[0]
-    monkeypatch.setenv("OMBRL_DATASETS_DIR", str(root / "datasets"))
-    monkeypatch.setenv("OMBRL_MODELS_DIR", str(root / "models"))
-    monkeypatch.setenv("OMBRL_OFFLINE", "1")
-    monkeypatch.setenv("COLUMNS", "200")
+    use_directories(root, monkeypatch)
     return root
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 def _check_scores(summary: dict) -> None:
@@ -217,9 +209,9 @@ def test_dataset_without_states_skips_multi_step_with_a_warning(env, tiny, tmp_p
 
 def test_missing_model_and_bad_counts_are_one_line_errors(env, tmp_path, monkeypatch, capsys):
     assert main(["diagnose", NAME, "--horizon", "0"]) == 2
-    assert "--horizon must be at least 1" in _one_line_error(capsys)
+    assert "--horizon must be at least 1" in one_line_error(capsys)
     monkeypatch.setenv("OMBRL_MODELS_DIR", str(tmp_path / "empty"))
     assert main(["diagnose", NAME]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert f"no environment model for {NAME}" in err
     assert f"ombrl train-model --env_name {NAME}" in err

@@ -42,14 +42,20 @@ def tiny(tmp_path_factory):
 @pytest.fixture()
 def env(tiny, monkeypatch):
     root, _, _ = tiny
+    use_directories(root, monkeypatch)
+    return root
+
+
+def use_directories(root, monkeypatch) -> None:
+    """Datasets and models under ``root``, no downloads, wide tables."""
     monkeypatch.setenv("OMBRL_DATASETS_DIR", str(root / "datasets"))
     monkeypatch.setenv("OMBRL_MODELS_DIR", str(root / "models"))
     monkeypatch.setenv("OMBRL_OFFLINE", "1")
     monkeypatch.setenv("COLUMNS", "200")
-    return root
 
 
-def _one_line_error(capsys) -> str:
+def one_line_error(capsys) -> str:
+    """The captured error output, checked to be one ``error:`` line."""
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     return err
@@ -89,11 +95,11 @@ def test_prints_statistics_and_caches_them(env, tiny, capsys):
 def test_missing_model_says_how_to_train_it(env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMBRL_MODELS_DIR", str(tmp_path / "empty"))
     assert main(["datasets", "uncertainty", NAME]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert f"no environment model for {NAME}" in err
     assert f"ombrl train-model --env_name {NAME}" in err
     assert main(["datasets", "uncertainty", NAME, "--model", str(tmp_path / "nope.pt")]) == 2
-    assert "nope.pt" in _one_line_error(capsys)
+    assert "nope.pt" in one_line_error(capsys)
 
 
 def test_explicit_model_and_dataset(env, tmp_path, capsys):
@@ -109,4 +115,4 @@ def test_explicit_model_and_dataset(env, tmp_path, capsys):
 
     # The default model belongs to the other dataset: refused with the fix.
     assert main(["datasets", "uncertainty", NAME, "--dataset", str(other_file)]) == 2
-    assert "trained on dataset" in _one_line_error(capsys)
+    assert "trained on dataset" in one_line_error(capsys)

@@ -417,6 +417,14 @@ def _check_column(runs: Sequence[Run], column: str, flag: str) -> None:
         raise UserError(f"no run logged {column!r}: pass {flag} one of {', '.join(_columns(runs))}")
 
 
+def _plot_band(ax: Any, curve: Any, color: Any, label: str) -> Any:
+    """Draw a seed curve's mean ``[T]`` with a ±1 std band; returns the mean's line."""
+    (line,) = ax.plot(curve.x, curve.mean, color=color, label=label)
+    ax.fill_between(curve.x, curve.mean - curve.std, curve.mean + curve.std, color=color,
+                    alpha=0.2, linewidth=0)
+    return line
+
+
 def _color(index: int) -> str:
     return f"C{index % 10}"
 
@@ -475,16 +483,7 @@ def plot_curves(
             curve = seed_curve(groups[name], value, xaxis, smooth_window)
             if curve is None:
                 continue
-            color = _color(index)
-            ax.plot(curve.x, curve.mean, color=color, label=f"{label} ({curve.num_seeds} seeds)")
-            ax.fill_between(
-                curve.x,
-                curve.mean - curve.std,
-                curve.mean + curve.std,
-                color=color,
-                alpha=0.2,
-                linewidth=0,
-            )
+            _plot_band(ax, curve, _color(index), f"{label} ({curve.num_seeds} seeds)")
         ax.set_ylabel(value)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel(xaxis)
@@ -968,16 +967,7 @@ def _draw_mode_curves(
         curve = seed_curve(panel.get(mode, []), style.value, style.xaxis, style.smooth_window)
         if curve is None:
             continue
-        color = _color(index)
-        (line,) = ax.plot(curve.x, curve.mean, color=color, label=style.label(mode))
-        ax.fill_between(
-            curve.x,
-            curve.mean - curve.std,
-            curve.mean + curve.std,
-            color=color,
-            alpha=0.2,
-            linewidth=0,
-        )
+        line = _plot_band(ax, curve, _color(index), style.label(mode))
         handles.setdefault(mode, line)
         low = min(low, float(np.min(curve.mean - curve.std)))
         high = max(high, float(np.max(curve.mean + curve.std)))

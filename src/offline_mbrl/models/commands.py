@@ -27,7 +27,10 @@ from offline_mbrl.models.diagnose import (
     diagnose,
     write_diagnosis,
 )
-from offline_mbrl.models.uncertainty_command import load_model_for_dataset
+from offline_mbrl.models.uncertainty_command import (
+    add_dataset_and_model_arguments,
+    load_model_for_dataset,
+)
 
 
 def default_out_dir(model_path: Path) -> Path:
@@ -95,11 +98,7 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "and how well its aleatoric and epistemic uncertainty rank it (Spearman correlation, "
         "AUROC for errors above their 90th percentile, calibration by deciles). Writes "
         "diagnose.png and diagnose.json.")
-    p.add_argument("name", help="dataset name, e.g. hopper-medium-replay-v2 (or an "
-                   "environment name with --dataset)")
-    p.add_argument("--dataset", metavar="PATH", help="explicit file (or minari:<id>) for NAME")
-    p.add_argument("--model", metavar="PATH",
-                   help="environment model file (default $OMBRL_MODELS_DIR/<name>-model.pt)")
+    add_dataset_and_model_arguments(p)
     p.add_argument("--out", metavar="DIR",
                    help="output directory (default <model file without .pt>-diagnose)")
     p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, metavar="H",

@@ -110,6 +110,15 @@ def cmd_uncertainty(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dataset_and_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments that name a dataset and its environment model: NAME, --dataset, --model."""
+    p.add_argument("name", help="dataset name, e.g. hopper-medium-replay-v2 (or an "
+                   "environment name with --dataset)")
+    p.add_argument("--dataset", metavar="PATH", help="explicit file (or minari:<id>) for NAME")
+    p.add_argument("--model", metavar="PATH",
+                   help="environment model file (default $OMBRL_MODELS_DIR/<name>-model.pt)")
+
+
 def add_uncertainty_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``uncertainty`` among the ``datasets`` sub-commands."""
     p = sub.add_parser(
@@ -117,11 +126,7 @@ def add_uncertainty_parser(sub: argparse._SubParsersAction) -> argparse.Argument
         description="Mean, std and max of the aleatoric and epistemic uncertainty of the "
         "environment model over every dataset sample, and R_max. They are saved next to the "
         "model and reused; --refresh recomputes them.")
-    p.add_argument("name", help="dataset name, e.g. hopper-medium-replay-v2 (or an "
-                   "environment name with --dataset)")
-    p.add_argument("--dataset", metavar="PATH", help="explicit file (or minari:<id>) for NAME")
-    p.add_argument("--model", metavar="PATH",
-                   help="environment model file (default $OMBRL_MODELS_DIR/<name>-model.pt)")
+    add_dataset_and_model_arguments(p)
     p.add_argument("--refresh", action="store_true", help="recompute instead of reading the "
                    "saved statistics")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
