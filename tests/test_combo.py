@@ -138,6 +138,7 @@ def test_the_trainer_tells_combo_its_batch_split(dirs):  # noqa: F811
     trainer.close()
     with pytest.raises(UserError, match="real_ratio"):
         Trainer(config("combo", real_ratio=0.0, experiment_name="no-real"), progress=False)
+    assert not list(dirs.rglob("no-real*")), "a refused run must not create its directories"
 
 
 def test_population_member_trains_like_a_single_run(dirs):  # noqa: F811

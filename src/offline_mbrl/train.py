@@ -174,19 +174,19 @@ class Trainer:
         pretrained = (read_pretrained_agent(config.pretrained_agent_path, config, self.kind,
                                             self.obs_dim)
                       if config.pretrained_agent_path and not resume else None)
+        self.agent = make_agent(self.kind, self.obs_dim, self.act_dim, self.action_low,
+                                self.action_high, self.seeds, config, self.device)
+        if isinstance(self.agent, MixedBatchAgent):
+            self.agent.use_batch_split(*self._batch_split())
         self.run_dirs = member_run_dirs(config, root)
         resume_from = claim_run_dirs(self.run_dirs, resume, overwrite)
 
-        self.agent = make_agent(self.kind, self.obs_dim, self.act_dim, self.action_low,
-                                self.action_high, self.seeds, config, self.device)
         self.compiled = self._compile()
         self.rngs = {name: PopulationRNG(self.seeds, self.device, stream)
                      for name, stream in (("agent", _AGENT_STREAM), ("data", _DATA_STREAM),
                                           ("action", _ACTION_STREAM),
                                           ("rollout", _ROLLOUT_STREAM))}
         self._make_buffers(data.rows if data else None)
-        if isinstance(self.agent, MixedBatchAgent):
-            self.agent.use_batch_split(*self._batch_split())
         self.epoch = 0
         self.saved_epoch = 0
         """The epoch of the newest checkpoint on disk (0: none yet)."""
@@ -312,7 +312,7 @@ class Trainer:
     def _batch_split(self) -> tuple[int, int]:
         """``(real, synthetic)`` rows per batch: ``real_ratio`` real, the rest synthetic."""
         batch_size = self.config.agent.batch_size
-        if not self.model_based or self.synthetic is None:
+        if not self.model_based:
             return batch_size, 0
         n_real = round(self.config.real_ratio * batch_size)
         return n_real, batch_size - n_real
