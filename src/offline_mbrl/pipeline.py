@@ -8,7 +8,7 @@
 5. write a learning-curve plot and a summary table.
 
 Everything lives under one directory (default ``data/demo``) so that the demo never
-touches the user's own datasets, models or runs. Sized for about 5 minutes on 2 CPU
+touches the user's own datasets, models or runs. Sized for about 9 minutes on 2 CPU
 cores; ``--scale`` shrinks or grows every budget together.
 """
 
