@@ -45,9 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
+from offline_mbrl.modes import get_mode, mode_names
+
 ROOT = Path(__file__).resolve().parent.parent
-OFFLINE_MODES = ("behavioral-cloning", "offline-sac", "epistemic-penalty",
-                 "aleatoric-partitioning", "aleatoric-penalty", "epistemic-partitioning")
+SEED_MODES = ("behavioral-cloning", "offline-sac", "epistemic-penalty",
+              "aleatoric-partitioning", "aleatoric-penalty", "epistemic-partitioning")
+"""The seed's offline modes: the default set."""
+OFFLINE_MODES = SEED_MODES + tuple(m for m in mode_names(online=False) if m not in SEED_MODES)
+"""Every offline mode of the registry, the seed's first: the table's order."""
 RULES = ("derived", "previous")
 
 
@@ -77,8 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the table and figure go (default benchmarks/results)")
     parser.add_argument("--datasets", nargs="+", default=["hopper-medium-replay-v2"],
                         help="one run of the defaults per dataset fits about 2 hours on 2 cores")
-    parser.add_argument("--modes", nargs="+", default=list(OFFLINE_MODES),
-                        choices=OFFLINE_MODES)
+    parser.add_argument("--modes", nargs="+", default=list(SEED_MODES), choices=OFFLINE_MODES,
+                        help="modes to train (default: the seed's six); the table shows every "
+                             "mode with finished runs under --root")
     parser.add_argument("--rules", nargs="+", default=["derived"], choices=RULES,
                         help="pessimism rules of the penalty and partitioning modes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -134,8 +140,9 @@ def previous_rule(unit: Unit, dataset_path: Path, args: argparse.Namespace) -> d
     data = load_dataset(unit.dataset, dataset=str(dataset_path))
     path = default_model_path(unit.dataset)
     model, _ = load_environment_model(path)
-    u_max = uncertainty_statistics(model, data, path)[unit.mode.split("-")[0]]["max"]
-    if unit.mode.endswith("partitioning"):
+    spec = get_mode(unit.mode)
+    u_max = uncertainty_statistics(model, data, path)[str(spec.uncertainty)]["max"]
+    if spec.pessimism == "partitioning":
         return {"ood_threshold": (u_max,)}
     return {"pessimism": (0.5 * largest_reward(data.rewards) / u_max,)}
 
@@ -251,7 +258,8 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seeds": args.seeds, "updates": args.epochs * args.steps_per_epoch,
             "test_episodes": args.test_episodes, "last_k": args.last_k,
-            "model_epochs": args.model_epochs, "collect_steps": args.collect_steps}
+            "model_epochs": args.model_epochs, "collect_steps": args.collect_steps,
+            "datasets": {d: dataset_identity(d, args) for d in datasets}}
     (args.out / "results.json").write_text(json.dumps(meta, indent=2) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -273,15 +281,50 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     # The library's defaults first, comparisons after them.
     units = [Unit(d, m, r) for d in args.datasets for r in args.rules for m in args.modes
-             if r == "derived" or m.endswith(("penalty", "partitioning"))]
+             if r == "derived" or has_previous_rule(m)]
     if not args.report_only:
         for dataset in args.datasets:
             path = ensure_dataset(dataset, args)
             for unit in (u for u in units if u.dataset == dataset):
                 train_unit(unit, path, args)
-            report(units, args)
-    report(units, args)
+                report(units_on_disk(args), args)
+    report(units_on_disk(args), args)
     return 0
+
+
+def has_previous_rule(mode: str) -> bool:
+    """Whether ``--rules previous`` applies: the ensemble-uncertainty modes."""
+    return get_mode(mode).uncertainty in ("aleatoric", "epistemic")
+
+
+def units_on_disk(args: argparse.Namespace) -> list[Unit]:
+    """Every (dataset, mode, rule) with runs under ``--root``, datasets in the order asked for
+    and then by name, modes in the table's order, so that runs split over invocations share
+    one table."""
+    datasets = list(args.datasets) + sorted(
+        p.stem for p in (args.root / "datasets").glob("*.hdf5") if p.stem not in args.datasets)
+    candidates = [Unit(d, m, r) for d in datasets for r in RULES for m in OFFLINE_MODES
+                  if r == "derived" or has_previous_rule(m)]
+    return [u for u in candidates if any((d / "progress.txt").is_file()
+                                         for d in run_dirs(u, args))]
+
+
+def dataset_identity(name: str, args: argparse.Namespace) -> dict[str, object]:
+    """The generated file's size and content digest, so a table names the data it read."""
+    import hashlib
+
+    path = args.root / "datasets" / f"{name}.hdf5"
+    if not path.is_file():
+        return {}
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        transitions = int(f["rewards"].shape[0])
+    return {"transitions": transitions, "sha256": digest.hexdigest()[:16]}
 
 
 if __name__ == "__main__":
