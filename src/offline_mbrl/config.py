@@ -116,7 +116,8 @@ class TrainerConfiguration(Frozen):
     steps_per_epoch: PositiveInt = 4000
     """Environment steps (online) or agent update steps (offline) per epoch."""
     random_steps: NonNegativeInt = 10000
-    """Online: initial environment steps with uniformly random actions."""
+    """Online: initial environment steps with uniformly random actions (0 unless set when
+    --pretrained_agent_path gives a policy to act with)."""
     init_steps: NonNegativeInt = 10000
     """Online: environment steps before the first agent update."""
     env_interactions_per_step: PositiveInt = 1
@@ -146,8 +147,9 @@ class TrainerConfiguration(Frozen):
     """Environment model file to use instead of $OMBRL_MODELS_DIR/<env>-model.pt."""
     pretrained_agent_path: str | None = None
     """Run directory or checkpoint whose agent weights initialise training."""
-    n_samples_from_dataset: int = 0
-    """Online: dataset transitions copied into the replay buffer before training (-1: all)."""
+    n_samples_from_dataset: Annotated[int, Field(ge=-1)] = 0
+    """Online: dataset transitions (env_name's D4RL dataset or --dataset) copied into the
+    replay buffer before training, a random subset per seed (-1: all, in order)."""
     real_buffer_size: Annotated[int, Field(gt=0)] = 1_000_000
     """Replay buffer capacity per member (online modes)."""
     synthetic_buffer_size: Annotated[int, Field(gt=0)] = 1_000_000

@@ -46,6 +46,7 @@ from offline_mbrl.models.io import (
 from offline_mbrl.models.statistics import largest_reward, uncertainty_statistics
 from offline_mbrl.models.training import EnvironmentModelConfiguration, train_environment_model
 from offline_mbrl.modes import ModeSpec, get_mode, same_agent
+from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism
 from offline_mbrl.runs import find_checkpoint
 
@@ -69,6 +70,54 @@ def check_settings(config: TrainerConfiguration, env: EnvSpec, n_members: int) -
         raise UserError(f"mode '{config.mode}' trains on a dataset, but '{config.env_name}' "
                         "names none: use a D4RL name such as hopper-medium-replay-v2 or pass "
                         "--dataset PATH")
+    if config.n_samples_from_dataset:
+        _check_dataset_seeding(config, env, mode)
+
+
+def _check_dataset_seeding(config: TrainerConfiguration, env: EnvSpec, mode: ModeSpec) -> None:
+    """``--n_samples_from_dataset`` needs an online mode and a dataset."""
+    if not mode.online:
+        raise UserError(f"--n_samples_from_dataset fills an online replay buffer, but mode "
+                        f"'{mode.name}' trains on the whole dataset: drop the flag")
+    if env.dataset_name is None and config.dataset is None:
+        raise UserError(f"--n_samples_from_dataset needs a dataset, but '{config.env_name}' "
+                        "names none: use a D4RL name such as hopper-medium-replay-v2 or pass "
+                        "--dataset PATH")
+
+
+def resolve_random_steps(config: TrainerConfiguration
+                         ) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Online steps with uniformly random actions, and where the number came from.
+
+    A run that starts from a pretrained agent acts with its policy from the first step
+    (random actions would only fill the buffer with data the policy never produces),
+    unless ``--random_steps`` is given.
+    """
+    if config.pretrained_agent_path and "random_steps" not in config.model_fields_set:
+        return 0, {"random_steps": {"value": 0, "source": "pretrained agent"}}
+    return config.random_steps, {}
+
+
+def dataset_rows_for_replay(rows: torch.Tensor, n_samples: int, capacity: int,
+                            rng: PopulationRNG) -> torch.Tensor:
+    """``[P, n, F]`` dataset rows to put in each member's replay buffer before training.
+
+    ``n_samples`` -1 (or at least the dataset's size) takes every row in dataset order for
+    every member; fewer takes a uniformly random subset without repetition per member,
+    drawn from the member's own stream, so member ``p`` gets the rows a single run with
+    seed ``p`` gets.
+    """
+    N = rows.shape[0]
+    n = N if n_samples < 0 else min(n_samples, N)
+    if n > capacity:
+        raise UserError(f"--n_samples_from_dataset copies {n} transitions into a replay buffer "
+                        f"of {capacity}: raise --real_buffer_size or copy fewer")
+    if n == N:
+        return rows.expand(rng.n_members, N, rows.shape[1])
+    # The n smallest of one uniform key per row: a subset without repetition, in row order.
+    keys = rng.uniform(N)
+    index = keys.topk(n, dim=1, largest=False).indices.sort(dim=1).values
+    return rows[index]
 
 
 def _check_count(name: str, count: int, n_members: int) -> None:

@@ -43,6 +43,7 @@ from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
 from offline_mbrl.run_setup import (
     check_settings,
+    dataset_rows_for_replay,
     environment_model_path,
     find_environment_model,
     load_offline_data,
@@ -50,6 +51,7 @@ from offline_mbrl.run_setup import (
     probe_environment,
     read_pretrained_agent,
     resolve_pessimism,
+    resolve_random_steps,
     train_and_save_model,
 )
 from offline_mbrl.runs import (
@@ -163,8 +165,11 @@ class Trainer:
         self.obs_dim, self.act_dim = env.obs_dim, env.act_dim
         self.action_low, self.action_high = env.action_low, env.action_high
         self.layout = TransitionLayout(self.obs_dim, self.act_dim)
-        data = None if self.online else load_offline_data(config, self.spec, self.layout,
-                                                          self.device)
+        data = (load_offline_data(config, self.spec, self.layout, self.device)
+                if not self.online or config.n_samples_from_dataset else None)
+        # Online, the dataset only fills the replay buffer (--n_samples_from_dataset).
+        seed_rows = data.rows if data and self.online else None
+        data = None if self.online else data
         self.offline_dataset = data.dataset if data else None
         self.eval_env = data.eval_env if data else self.spec.gym_id
         """Gymnasium id of the evaluation episodes (a dataset's own recorded id)."""
@@ -187,6 +192,10 @@ class Trainer:
                                           ("action", _ACTION_STREAM),
                                           ("rollout", _ROLLOUT_STREAM))}
         self._make_buffers(data.rows if data else None)
+        if seed_rows is not None and self.replay is not None:
+            self.replay.add(dataset_rows_for_replay(
+                seed_rows, config.n_samples_from_dataset, config.real_buffer_size,
+                self.rngs["data"]))
         self.epoch = 0
         self.saved_epoch = 0
         """The epoch of the newest checkpoint on disk (0: none yet)."""
@@ -195,6 +204,7 @@ class Trainer:
         self.pessimism: Pessimism | None = None
         self.resolved: dict[str, dict[str, Any]] = {}
         """Values the configuration leaves open, with where each came from (config.json)."""
+        self.random_steps, self.loop_resolved = resolve_random_steps(config)
         self.prepared = False
         self.rollout_stats: dict[str, torch.Tensor] = {}
         self.rollout_rounds = 0
@@ -269,7 +279,8 @@ class Trainer:
             self._resolve_pessimism()
         # On resume too: the settings a resume may change are applied and recorded.
         for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
-            write_config(run_dir, self.member_config(seed), self.resolved)
+            write_config(run_dir, self.member_config(seed),
+                         {**self.loop_resolved, **self.resolved})
         self.prepared = True
 
     def member_config(self, seed: int) -> TrainerConfiguration:
@@ -479,7 +490,7 @@ class Trainer:
         for _ in range(steps):
             for _ in range(config.env_interactions_per_step):
                 obs = state["obs"]
-                if self.total_env_steps < config.random_steps:
+                if self.total_env_steps < self.random_steps:
                     unit = self.rngs["action"].uniform(1, self.act_dim) * 2 - 1
                     action = self.agent.scaler.to_env(unit)
                 else:
