@@ -163,3 +163,23 @@ def test_smoke_spec_resumes_after_a_kill_on_loopback_ray(tmp_path, listening_soc
         assert f"| hopper-random-v2 | {mode} | 2 |" in results
     assert (root / "results" / "figure.png").stat().st_size > 0
     assert [p.name for p in (root / "models").glob("*.pt")] == ["hopper-random-v2-model.pt"]
+
+
+def test_a_failed_dataset_fails_its_units_alone(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (extra 'tune')")
+    spec = tmp_path / "offline.toml"
+    spec.write_text(GOOD.replace('["behavioral-cloning"]',
+                                 '["behavioral-cloning", "epistemic-penalty"]'))
+    environ = dict(_environ(), OMBRL_OFFLINE="1", D4RL_DATASET_DIR=str(tmp_path / "d4rl"),
+                   MINARI_DATASETS_PATH=str(tmp_path / "minari"))
+    run = subprocess.run([*_command(tmp_path / "root")[:4], str(spec), "--root",
+                          str(tmp_path / "root"), "--num_cpus", "1"], env=environ,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert any(line.startswith("dataset-hopper-random-v2 failed: no local data for "
+                               "hopper-random-v2 and OMBRL_OFFLINE is set") for line in lines)
+    for unit in ("model-hopper-random-v2", "train-hopper-random-v2-behavioral-cloning"):
+        assert f"{unit} not run: dataset-hopper-random-v2 failed" in lines, run.stdout
+    assert "0 of 2 units finished" in (tmp_path / "root" / "results" / "results.md").read_text()
+    assert "Traceback" not in run.stdout + run.stderr

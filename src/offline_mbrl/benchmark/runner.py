@@ -219,9 +219,7 @@ def watch(ray: Any, pending: dict[Any, Any], context: TaskContext, done_before: 
             try:
                 value = ray.get(ref)
             except Exception as error:  # a unit's failure must not stop the others
-                outcome.failed[unit.id] = error_line(error)
-                options.log(f"{unit.id} failed: {outcome.failed[unit.id]} (log: "
-                            f"{Path(context.root) / LOG_DIR / (unit.id + '.log')})")
+                options.log(_failure(unit, error, outcome, context))
                 continue
             if isinstance(unit, TrainUnit):
                 outcome.done += 1
@@ -236,6 +234,27 @@ def watch(ray: Any, pending: dict[Any, Any], context: TaskContext, done_before: 
             options.log(line)
             last_line, last_time = body, time.time()
     return outcome
+
+
+def dependencies(unit: DatasetUnit | ModelUnit | TrainUnit) -> list[str]:
+    """Ids of the units whose results ``unit``'s task takes."""
+    if isinstance(unit, DatasetUnit):
+        return []
+    deps = [DatasetUnit(unit.dataset, "d4rl").id]
+    if isinstance(unit, TrainUnit) and unit.uses_model:
+        deps.append(ModelUnit(unit.dataset).id)
+    return deps
+
+
+def _failure(unit: Any, error: BaseException, outcome: Outcome, context: TaskContext) -> str:
+    """Record ``unit``'s failure in ``outcome``; returns the line to print."""
+    failed_first = [d for d in dependencies(unit) if d in outcome.failed]
+    if failed_first:
+        outcome.failed[unit.id] = f"not run: {failed_first[0]} failed"
+        return f"{unit.id} {outcome.failed[unit.id]}"
+    outcome.failed[unit.id] = error_line(error)
+    return (f"{unit.id} failed: {outcome.failed[unit.id]} (log: "
+            f"{Path(context.root) / LOG_DIR / (unit.id + '.log')})")
 
 
 def _state(pending: dict[Any, Any], context: TaskContext, outcome: Outcome, prepared: int,
@@ -258,4 +277,4 @@ def error_line(error: BaseException) -> str:
     """The last line of a (Ray-wrapped) error, without its exception class."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     last = lines[-1] if lines else type(error).__name__
-    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)[:300]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)[:1000]
