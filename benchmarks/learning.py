@@ -45,6 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
+from offline_mbrl.benchmark.report import TABLE_HEADER, csv_values, markdown_row
+from offline_mbrl.benchmark.units import collect_dataset, runs_finished
+from offline_mbrl.benchmark.units import seed_scores as run_scores
 from offline_mbrl.modes import get_mode, mode_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,19 +119,13 @@ def set_directories(root: Path) -> None:
 
 def ensure_dataset(name: str, args: argparse.Namespace) -> Path:
     """The dataset file, generated under the D4RL protocol if it is not there yet."""
-    from offline_mbrl.data.collect import SACCollectionOptions, collect
-    from offline_mbrl.data.d4rl import write_d4rl_hdf5
+    from offline_mbrl.data.collect import SACCollectionOptions
 
-    path = args.root / "datasets" / f"{name}.hdf5"
-    if path.is_file():
-        return path
     options = SACCollectionOptions(max_train_steps=args.collect_steps, steps_per_epoch=5000,
                                    test_episodes=5)
     size = args.medium_size if not name.endswith("medium-replay-v2") else None
-    dataset = collect(name, size, seed=0, options=options, log=print)
-    write_d4rl_hdf5(dataset, path)
-    print(f"wrote {len(dataset)} transitions to {path}", flush=True)
-    return path
+    return collect_dataset(args.root / "datasets" / f"{name}.hdf5", name, size, options,
+                           log=lambda line: print(line, flush=True))
 
 
 def previous_rule(unit: Unit, dataset_path: Path, args: argparse.Namespace) -> dict[str, object]:
@@ -153,15 +150,7 @@ def run_dirs(unit: Unit, args: argparse.Namespace) -> list[Path]:
 
 
 def finished(unit: Unit, args: argparse.Namespace) -> bool:
-    from offline_mbrl.plotting import read_progress
-
-    for run_dir in run_dirs(unit, args):
-        progress = run_dir / "progress.txt"
-        if not progress.is_file():
-            return False
-        if len(read_progress(progress).get("Epoch", [])) < args.epochs:
-            return False
-    return True
+    return runs_finished(run_dirs(unit, args), args.epochs)
 
 
 def train_unit(unit: Unit, dataset_path: Path, args: argparse.Namespace) -> None:
@@ -187,24 +176,9 @@ def train_unit(unit: Unit, dataset_path: Path, args: argparse.Namespace) -> None
 
 
 def seed_scores(unit: Unit, args: argparse.Namespace) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per seed, the mean of the last ``last_k`` normalised scores, and each seed's curve."""
-    from offline_mbrl.plotting import read_progress
-
-    finals, curves = [], []
-    for run_dir in run_dirs(unit, args):
-        path = run_dir / "progress.txt"
-        if not path.is_file():
-            continue
-        progress = read_progress(path)
-        # A run extended past --epochs (e.g. --epochs 20 on a 10-epoch run) is read at the
-        # budget asked for, so that one set of runs serves tables of several budgets.
-        score = np.asarray(progress.get("NormalizedTestScore", []), dtype=float)[:args.epochs]
-        updates = np.asarray(progress.get("TotalUpdates", []), dtype=float)[:args.epochs]
-        # A run short of the budget (stopped, or still training) is left out of the table.
-        if score.size == args.epochs:
-            finals.append(float(score[-args.last_k:].mean()))
-            curves.append(np.stack([updates, score]))
-    return np.asarray(finals), curves
+    """Per seed, the mean of the last ``last_k`` normalised scores, and each seed's curve;
+    a run short of ``--epochs`` (stopped, or still training) is left out of the table."""
+    return run_scores(run_dirs(unit, args), args.epochs, args.last_k)
 
 
 def report(units: list[Unit], args: argparse.Namespace) -> None:
@@ -213,11 +187,8 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from offline_mbrl.plotting import stratified_bootstrap_iqm
-
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = ["| dataset | mode | seeds | score per seed | mean ± std | IQM [95% CI] |",
-             "|---|---|--:|---|--:|--:|"]
+    lines = list(TABLE_HEADER)
     csv = ["dataset,mode,rule,seeds,scores,mean,std,iqm,ci_low,ci_high"]
     datasets = list(dict.fromkeys(u.dataset for u in units))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
@@ -226,15 +197,8 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
             finals, curves = seed_scores(unit, args)
             if not finals.size:
                 continue
-            estimate = stratified_bootstrap_iqm([finals], rng=0)
-            std = float(finals.std(ddof=1)) if finals.size > 1 else 0.0
-            per_seed = ", ".join(f"{s:.1f}" for s in finals)
-            lines.append(f"| {dataset} | {unit.label} | {finals.size} | {per_seed} | "
-                         f"{finals.mean():.1f} ± {std:.1f} | {estimate.iqm:.1f} "
-                         f"[{estimate.ci_low:.1f}, {estimate.ci_high:.1f}] |")
-            csv.append(f"{dataset},{unit.mode},{unit.rule},{finals.size},"
-                       f"{' '.join(f'{s:.3f}' for s in finals)},{finals.mean():.3f},{std:.3f},"
-                       f"{estimate.iqm:.3f},{estimate.ci_low:.3f},{estimate.ci_high:.3f}")
+            lines.append(markdown_row(dataset, unit.label, finals))
+            csv.append(f"{dataset},{unit.mode},{unit.rule},{csv_values(finals)}")
             length = min(c.shape[1] for c in curves)
             x = curves[0][0, :length]
             ys = np.stack([c[1, :length] for c in curves])

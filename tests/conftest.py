@@ -1,7 +1,10 @@
-"""Shared fixtures: the data tests' (prefixed ``data_``) and ``host_reads``."""
+"""Shared fixtures: the data tests' (prefixed ``data_``), ``host_reads``, ``listening_sockets``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -163,3 +166,53 @@ class HostReads(TorchDispatchMode):
 def host_reads() -> type[HostReads]:
     """``with host_reads() as reads: ...`` then ``reads.count``."""
     return HostReads
+
+
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = {pid}, [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """Local addresses (``host:port``) of the TCP sockets in LISTEN state that ``pids`` hold."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(int(link[8:-1]))
+    addresses = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or int(fields[9]) not in inodes:  # 0A: LISTEN
+                    continue
+                hex_ip, hex_port = fields[1].split(":")
+                # /proc prints each 32-bit word of the address in host (little-endian) order.
+                raw = b"".join(bytes.fromhex(hex_ip[i:i + 8])[::-1]
+                               for i in range(0, len(hex_ip), 8))
+                addresses.append(f"{socket.inet_ntop(family, raw)}:{int(hex_port, 16)}")
+    return addresses
+
+
+@pytest.fixture(scope="session")
+def listening_sockets() -> Callable[[int], list[str]]:
+    """``listening(pid)``: the TCP addresses that ``pid`` and its descendants listen on
+    (tests/test_tuning.py has its own copy of these helpers)."""
+    return lambda pid: _listening_addresses(_descendants(pid))

@@ -336,6 +336,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plot": ("offline_mbrl.scripts.plot", "main", "plot training curves and final scores"),
     "tune": ("offline_mbrl.tuning.commands", "main",
              "tune rollout length and pessimism with Ray Tune and Optuna"),
+    "benchmark": ("offline_mbrl.benchmark.commands", "main",
+                  "train a spec's grid of datasets × modes on Ray and write its results"),
 }
 
 

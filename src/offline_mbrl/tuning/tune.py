@@ -87,8 +87,26 @@ def import_tune_libraries() -> SimpleNamespace:
                            ASHAScheduler=ASHAScheduler)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+def import_ray(command: str = "ombrl tune") -> Any:
+    """Ray alone, or a one-line :class:`UserError` saying that ``command`` needs it and how
+    to install it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports sent anywhere
+    try:
+        import ray  # optional: the extra 'tune'
+    except ImportError as error:
+        raise UserError(f"{command} needs Ray ({error}): {INSTALL_HINT}") from None
+    return ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             command: str | None = None) -> bool:
     """Start an embedded Ray bound to 127.0.0.1, or join the cluster at ``address``.
+
+    Args:
+        address: a cluster to join (``auto``, ``host:port``); None starts a local Ray.
+        num_cpus: CPUs of the local Ray (default: all).
+        command: the command that needs Ray, for the error when it is missing; None checks
+            for everything ``ombrl tune`` needs (Ray Tune and Optuna too).
 
     Returns:
         True when this call connected Ray (the caller then shuts it down); False when Ray
@@ -101,11 +119,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     # may have happened before this call). Joining a cluster keeps the user's setting.
     if local:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray = import_tune_libraries().ray
+    ray = import_ray(command) if command else import_tune_libraries().ray
     if ray.is_initialized():
         return False
     if local:
-        # Imported here: Ray is optional, and import_tune_libraries above has checked it.
+        # Imported here: Ray is optional, and the import above has checked it.
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
