@@ -64,13 +64,6 @@ class EnsembleOutput(NamedTuple):
     reward_logvar: torch.Tensor
 
 
-class _InplaceReLU(nn.ReLU):
-    """ReLU that overwrites the pre-activation, which backprop never needs (saves a copy)."""
-
-    def __init__(self) -> None:
-        super().__init__(inplace=True)
-
-
 def _safe_std(std: torch.Tensor) -> torch.Tensor:
     # A constant column (std 0) would divide by zero; leave it unscaled instead.
     return torch.where(std < _MIN_STD, torch.ones_like(std), std)
@@ -341,10 +334,9 @@ class EnvironmentModel(nn.Module):
         in_features = self.obs_dim + self.act_dim
         self.normalizer = Normalizer(self.obs_dim, self.act_dim)
         self.dynamics = BatchedMLP(self.n_networks, in_features, heads * self.obs_dim,
-                                   (self.n_hidden_units,) * self.n_hidden_layers, _InplaceReLU)
+                                   (self.n_hidden_units,) * self.n_hidden_layers)
         self.reward_net = BatchedMLP(self.n_networks, in_features, heads,
-                                     (self.reward_n_hidden_units,) * self.n_hidden_layers,
-                                     _InplaceReLU)
+                                     (self.reward_n_hidden_units,) * self.n_hidden_layers)
         member_seeds = [self.seed * 1000 + e for e in range(self.n_networks)]
         self.dynamics.reset_parameters(member_generators(member_seeds, _DYNAMICS_SALT))
         self.reward_net.reset_parameters(member_generators(member_seeds, _REWARD_SALT))

@@ -81,6 +81,25 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return torch.baddbmm(bias, x, weight)
 
 
+class ReLU(nn.Module):
+    """ReLU, in place in eager mode (each activation's input is a fresh product that
+    backprop does not need: ReLU's backward reads its output).
+
+    Traced by ``torch.compile``, it is written ``(x + |x|) / 2``, which equals ``max(x, 0)``
+    exactly (doubling and halving are exact in binary floating point), and whose gradient
+    ``(1 + sign(x)) / 2`` is ReLU's except at ``x == 0`` exactly (½ instead of 0). The
+    reason is speed: differentiating ``max(x, 0)``, AOTAutograd saves a boolean mask from
+    the forward graph for the backward one, and inductor's CPU kernels store boolean
+    tensors many times slower than float ones (benchmarks/README.md, "--compile"); the
+    sign is a float.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return (x + x.abs()) * 0.5
+        return torch.relu_(x)
+
+
 class BatchedMLP(nn.Module):
     """ReLU MLP of :class:`BatchedLinear` layers: ``[G, B, in] -> [G, B, out]``."""
 
@@ -90,7 +109,7 @@ class BatchedMLP(nn.Module):
         in_features: int,
         out_features: int,
         hidden: Sequence[int] = (128, 128, 128, 128),
-        activation: type[nn.Module] = nn.ReLU,
+        activation: type[nn.Module] = ReLU,
     ) -> None:
         super().__init__()
         sizes = [in_features, *hidden, out_features]
@@ -98,10 +117,7 @@ class BatchedMLP(nn.Module):
         for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             layers.append(BatchedLinear(groups, n_in, n_out))
             if i < len(sizes) - 2:
-                # In place: each activation's input is a fresh product that backprop does
-                # not need (ReLU's backward reads its output).
-                layers.append(nn.ReLU(inplace=True) if activation is nn.ReLU
-                              else activation())
+                layers.append(activation())
         self.net = nn.Sequential(*layers)
         self.groups = groups
 
