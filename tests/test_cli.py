@@ -202,7 +202,7 @@ def test_main_job_smoke(tmp_path):
         assert (results / name).stat().st_size > 0
     with (results / "summary.csv").open() as handle:
         summary = {row["mode"]: row for row in csv.DictReader(handle)}
-    assert set(summary) == {"epistemic-penalty", "behavioral-cloning"}
+    assert set(summary) == {"aleatoric-penalty", "behavioral-cloning"}
     for mode, row in summary.items():
         # One seed: the final score is the last epoch's, the other the mean of the last three.
         runs = tmp_path / "data" / "demo" / "experiments"

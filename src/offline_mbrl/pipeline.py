@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="ombrl demo", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("data/demo"),
                         help="Directory for the demo's dataset, model, runs and results.")
-    parser.add_argument("--mode", default="epistemic-penalty",
+    parser.add_argument("--mode", default="aleatoric-penalty",
                         choices=["aleatoric-penalty", "epistemic-penalty",
                                  "aleatoric-partitioning", "epistemic-partitioning"],
                         help="Pessimistic mode to train.")
