@@ -26,7 +26,7 @@ render-deps:
 	-bash scripts/install_render_deps.sh
 
 test: install render-deps
-	MUJOCO_GL=egl $(BIN)/python -m pytest -q
+	MUJOCO_GL=egl $(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
