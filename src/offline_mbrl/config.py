@@ -163,10 +163,9 @@ class TrainerConfiguration(Frozen):
     passively (unless OMP_WAIT_POLICY says otherwise), so runs that share a machine degrade
     gracefully; 1 per run is still fastest when several run at once."""
     compile: bool = False
-    """Compile the SAC update and the rollout step with torch.compile; on CUDA with mode
-    reduce-overhead, which captures them as CUDA graphs. Also faster on CPU (10-40% per
-    float32 update, 25-60% per bf16 one), after about a minute of compilation at the start
-    of the run."""
+    """Compile the SAC update and the rollout step with torch.compile (about a minute at the
+    start of the run); on CUDA with mode reduce-overhead, which captures them as CUDA graphs.
+    Whether it is faster depends on the machine (benchmarks/README.md)."""
     experiment_name: str | None = None
     """Experiment directory name; default <env_name>-<mode>."""
     dataset: str | None = None
