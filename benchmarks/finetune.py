@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from offline_mbrl.benchmark.report import current_commit
 from offline_mbrl.config import TrainerConfiguration, make_config
 from offline_mbrl.plotting import read_progress
 from offline_mbrl.train import Trainer
@@ -122,7 +122,7 @@ def report(source_score: float, tuned: Path, scratch: Path, args: argparse.Names
     args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / "finetune.png", dpi=120)
     (args.out / "finetune.md").write_text("\n".join(lines) + "\n")
-    meta = {"command": " ".join(sys.argv), "commit": _commit(),
+    meta = {"command": " ".join(sys.argv), "commit": current_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "source": str(args.source), "seeds": args.seeds,
             "fine_tuned": tuned_scores.tolist(), "scratch": scratch_scores.tolist(),
@@ -130,13 +130,6 @@ def report(source_score: float, tuned: Path, scratch: Path, args: argparse.Names
     (args.out / "finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
     print("\n".join(lines), flush=True)
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

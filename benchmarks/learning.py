@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_mbrl.benchmark.report import TABLE_HEADER, csv_values, markdown_row
+from offline_mbrl.benchmark.report import TABLE_HEADER, csv_values, current_commit, markdown_row
 from offline_mbrl.benchmark.units import collect_dataset, runs_finished
 from offline_mbrl.benchmark.units import seed_scores as run_scores
 from offline_mbrl.modes import get_mode, mode_names
@@ -218,7 +217,7 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     fig.savefig(args.out / "learning.png", dpi=120)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     (args.out / "results.csv").write_text("\n".join(csv) + "\n")
-    meta = {"command": " ".join(sys.argv), "commit": _commit(),
+    meta = {"command": " ".join(sys.argv), "commit": current_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seeds": args.seeds, "updates": args.epochs * args.steps_per_epoch,
             "test_episodes": args.test_episodes, "last_k": args.last_k,
@@ -227,13 +226,6 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     (args.out / "results.json").write_text(json.dumps(meta, indent=2) + "\n")
     print("\n".join(lines), flush=True)
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

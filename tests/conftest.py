@@ -213,6 +213,5 @@ def _listening_addresses(pids: set[int]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def listening_sockets() -> Callable[[int], list[str]]:
-    """``listening(pid)``: the TCP addresses that ``pid`` and its descendants listen on
-    (tests/test_tuning.py has its own copy of these helpers)."""
+    """``listening(pid)``: the TCP addresses that ``pid`` and its descendants listen on."""
     return lambda pid: _listening_addresses(_descendants(pid))

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -204,48 +203,6 @@ def test_epoch_hook_can_stop_training(tiny_data, tmp_path):
     assert rows[0]["Epoch"] == 2 and trainer.epoch == 2
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = {pid}, [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def _listening_addresses(pids: set[int]) -> list[str]:
-    """Local addresses of the TCP sockets in LISTEN state that ``pids`` hold."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    link = os.readlink(fd)
-                    if link.startswith("socket:["):
-                        inodes.add(int(link[8:-1]))
-    addresses = []
-    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] != "0A" or int(fields[9]) not in inodes:  # 0A: LISTEN
-                    continue
-                hex_ip, hex_port = fields[1].split(":")
-                # /proc prints each 32-bit word of the address in host (little-endian) order.
-                raw = b"".join(bytes.fromhex(hex_ip[i:i + 8])[::-1]
-                               for i in range(0, len(hex_ip), 8))
-                addresses.append(f"{socket.inet_ntop(family, raw)}:{int(hex_port, 16)}")
-    return addresses
-
-
 @pytest.fixture(scope="module")
 def loopback_ray():
     """One embedded Ray for this module, bound to 127.0.0.1; shut down at the end."""
@@ -264,7 +221,7 @@ def loopback_ray():
 
 
 @pytest.fixture(scope="module")
-def sweep(loopback_ray, tiny_data):
+def sweep(loopback_ray, tiny_data, listening_sockets):
     storage = tiny_data / "tuning"
     argv = ["--env_name", NAME, "--mode", "epistemic-partitioning", "--trials", "2",
             "--seeds", "0", "1", "--epochs", "2", "--steps_per_epoch", "20",
@@ -274,7 +231,7 @@ def sweep(loopback_ray, tiny_data):
     with _environment(tiny_data), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err):
         code = main(argv)
-    listening = _listening_addresses(_descendants(os.getpid()))
+    listening = listening_sockets(os.getpid())
     return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "root": tiny_data,
             "storage": storage, "listening": listening, "argv": argv}
 

@@ -102,7 +102,7 @@ def write_report(spec: BenchmarkSpec, grid: Grid, out: Path) -> list[Path]:
              f"evaluations. {len(units)} of {len(grid.trains)} units finished.\n\n")
     written = [write_bytes_atomic(out / "results.md", (title + markdown).encode()),
                write_bytes_atomic(out / "results.csv", csv.encode())]
-    meta = {"spec": spec.model_dump(mode="json"), "commit": _commit(),
+    meta = {"spec": spec.model_dump(mode="json"), "commit": current_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "finished": [u.experiment for u in units],
             "unfinished": [u.experiment for u in grid.trains if u not in units]}
@@ -120,7 +120,8 @@ def write_report(spec: BenchmarkSpec, grid: Grid, out: Path) -> list[Path]:
     return written
 
 
-def _commit() -> str:
+def current_commit() -> str:
+    """The short hash of the checkout this package runs from ("unknown" outside git)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                               cwd=Path(__file__).resolve().parent, check=True,
