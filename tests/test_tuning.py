@@ -45,6 +45,9 @@ LENGTHS = Bounds(1, 20, integer=True)
                                 "ood_threshold": Bounds(0.1, 4.0, log=True)}),
     ("aleatoric-penalty", {"rollout_length": LENGTHS, "pessimism": Bounds(0.0, 4.0)}),
     ("epistemic-penalty", {"rollout_length": LENGTHS, "pessimism": Bounds(0.0, 0.5)}),
+    # MOBILE's β: a fixed log range around its authors' per-dataset values, whatever the
+    # model's statistics (the Bellman inconsistency is measured in Q-values, not by them).
+    ("mobile", {"rollout_length": LENGTHS, "pessimism": Bounds(0.05, 10.0, log=True)}),
 ])
 def test_search_bounds_from_statistics(mode, expected):
     assert search_bounds(mode, STATS) == expected

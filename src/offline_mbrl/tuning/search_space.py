@@ -45,22 +45,21 @@ def pessimism_parameter(mode: str) -> str:
     return field
 
 
+BELLMAN_PENALTY_RANGE = (0.05, 10.0)
+"""β of MOBILE's penalty, log scale: the MOBILE authors' per-dataset values (0.1 to 5 in
+their configs/gym) widened twofold at each end. The Bellman inconsistency is a spread of
+Q-values under the agent's critic, which no dataset statistic measures before training, so
+its range cannot come from the model's uncertainty statistics as the others' do."""
+
+
 def tunable_modes() -> tuple[str, ...]:
-    """The pessimistic modes whose search range the model's uncertainty statistics set:
-    MOBILE's Bellman inconsistency depends on the critic, so it has no such statistics
-    (set its ``--pessimism`` by hand)."""
-    return tuple(mode for mode in pessimistic_modes()
-                 if MODES[mode].uncertainty in ("aleatoric", "epistemic"))
+    """The modes with a pessimism to tune (rollout length and λ, β or the threshold)."""
+    return pessimistic_modes()
 
 
 def check_tunable_mode(mode: str) -> None:
     if mode not in pessimistic_modes():
         raise UserError(f"mode '{mode}' has no pessimism to tune: use one of "
-                        f"{', '.join(tunable_modes())}")
-    if mode not in tunable_modes():
-        raise UserError(f"mode '{mode}' reads the critic's {MODES[mode].uncertainty} "
-                        "uncertainty, which no dataset statistic measures, so there is no "
-                        "search range to tune: set --pessimism by hand, or tune one of "
                         f"{', '.join(tunable_modes())}")
 
 
@@ -83,12 +82,15 @@ def search_bounds(mode: str, stats: Mapping[str, Any],
     """
     parameter = pessimism_parameter(mode)
     kind = str(MODES[mode].uncertainty)
-    u_mean, u_max = float(stats[kind]["mean"]), float(stats[kind]["max"])
     low_len, high_len = rollout_length
     if not 1 <= low_len <= high_len:
         raise UserError(f"rollout length range {low_len}..{high_len} is empty: "
                         "use 1 <= low <= high")
     bounds = {"rollout_length": Bounds(low_len, high_len, integer=True)}
+    if kind == "bellman":
+        bounds[parameter] = Bounds(*BELLMAN_PENALTY_RANGE, log=True)
+        return bounds
+    u_mean, u_max = float(stats[kind]["mean"]), float(stats[kind]["max"])
     if parameter == "ood_threshold":
         if not 0 < u_mean < u_max:
             raise UserError(f"{kind} uncertainty on the dataset has mean {u_mean:g} and max "
