@@ -122,14 +122,14 @@ def _interrupt_after_first_unit(root: Path, listening_sockets) -> tuple[list[str
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     addresses: set[str] = set()
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 480
         while not _done_units(root) and process.poll() is None and time.time() < deadline:
             addresses.update(listening_sockets(process.pid))
             time.sleep(0.2)
         done = _done_units(root)
         addresses.update(listening_sockets(process.pid))
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        output, _ = process.communicate(timeout=120)
     finally:
         with contextlib.suppress(ProcessLookupError):  # anything of its session left behind
             os.killpg(process.pid, signal.SIGKILL)
@@ -152,7 +152,7 @@ def test_smoke_spec_resumes_after_a_kill_on_loopback_ray(tmp_path, listening_soc
     assert len(progress) == 2 * len(done)
 
     rerun = subprocess.run(_command(root), env=_environ(), capture_output=True, text=True,
-                           timeout=240)
+                           timeout=480)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "1 of 2 training units finished before; 1 to run" in rerun.stdout
     for path, (mtime, content) in progress.items():
@@ -174,7 +174,7 @@ def test_a_failed_dataset_fails_its_units_alone(tmp_path):
                    MINARI_DATASETS_PATH=str(tmp_path / "minari"))
     run = subprocess.run([*_command(tmp_path / "root")[:4], str(spec), "--root",
                           str(tmp_path / "root"), "--num_cpus", "1"], env=environ,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert any(line.startswith("dataset-hopper-random-v2 failed: no local data for "
