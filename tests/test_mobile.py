@@ -226,10 +226,18 @@ def test_beta_comes_from_the_flag_the_table_or_the_mobile_default(dirs, hopper_d
     assert trainer.pessimism.gamma == pytest.approx(0.9)
 
 
-def test_mobile_is_not_tuned_by_uncertainty_statistics():
+def test_mobile_is_tuned_on_a_fixed_range_of_its_penalty():
     from offline_mbrl.errors import UserError
-    from offline_mbrl.tuning.search_space import check_tunable_mode, tunable_modes
+    from offline_mbrl.tuning.search_space import (
+        BELLMAN_PENALTY_RANGE,
+        check_tunable_mode,
+        search_bounds,
+        tunable_modes,
+    )
 
-    assert "mobile" not in tunable_modes() and "epistemic-penalty" in tunable_modes()
-    with pytest.raises(UserError, match="search range"):
-        check_tunable_mode("mobile")
+    assert "mobile" in tunable_modes() and "offline-sac" not in tunable_modes()
+    check_tunable_mode("mobile")
+    # No dataset statistic enters β's range (an empty mapping is enough).
+    assert search_bounds("mobile", {})["pessimism"].low == BELLMAN_PENALTY_RANGE[0]
+    with pytest.raises(UserError, match="no pessimism to tune"):
+        check_tunable_mode("offline-sac")
