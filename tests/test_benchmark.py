@@ -115,9 +115,32 @@ def _done_units(root: Path) -> list[str]:
     return done
 
 
+def _session_members(sid: int) -> list[int]:
+    """Processes of session ``sid`` (Ray's workers have process groups of their own)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Fields after "pid (comm)": state, ppid, pgrp, session; zombies are gone.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` and wait until none is left running."""
+    deadline = time.time() + 60
+    while (members := _session_members(sid)) and time.time() < deadline:
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
 def _interrupt_after_first_unit(root: Path, listening_sockets) -> tuple[list[str], list[str]]:
-    """Start the smoke benchmark, SIGINT it once a training unit is done; returns the units
-    done by then and every address its processes listened on meanwhile."""
+    """Start the smoke benchmark and kill it (SIGKILL to its whole session: the driver, Ray's
+    processes and the running unit, as a lost machine would) once a training unit is done;
+    returns the units done and every address its processes listened on meanwhile."""
     process = subprocess.Popen(_command(root), env=_environ(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     addresses: set[str] = set()
@@ -126,15 +149,13 @@ def _interrupt_after_first_unit(root: Path, listening_sockets) -> tuple[list[str
         while not _done_units(root) and process.poll() is None and time.time() < deadline:
             addresses.update(listening_sockets(process.pid))
             time.sleep(0.2)
-        done = _done_units(root)
         addresses.update(listening_sockets(process.pid))
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # anything of its session left behind
-            os.killpg(process.pid, signal.SIGKILL)
-    # One CPU runs one unit at a time, and the signal comes within 0.2 s of the first
-    # unit's end: the other is still to do (midway).
+        _kill_session(process.pid)
+    output, _ = process.communicate(timeout=120)
+    done = _done_units(root)
+    # One CPU runs one unit at a time and the kill comes within 0.2 s of the first unit's
+    # end, seconds before the second can end: the other is still to do (midway).
     assert len(done) == 1, output
     return done, sorted(addresses)
 
