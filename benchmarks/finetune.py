@@ -7,9 +7,10 @@ buffer starts with ``--dataset_rows`` transitions of the source's dataset
 (``--n_samples_from_dataset``) and which acts with the pretrained policy from its first
 step. Online SAC from scratch (random actions for its first ``--init_steps`` steps) runs
 beside it for the same environment steps. Both evaluate after every epoch; the table gives
-the source's last offline score, the fine-tuned population's first and last evaluations, and
-the scratch population's last, as normalised scores (mean ± std over seeds), and the figure
-the curves. Each run resumes where it stopped.
+the source's offline score, the fine-tuned population's first evaluation and the lowest of its
+first ``--last_k`` (no collapse when it starts online), its score at the end and the scratch
+population's (each run's mean over its last ``--last_k`` evaluations), as normalised scores
+(mean ± std over seeds), and the figure the curves. Each run resumes where it stopped.
 
 Usage::
 
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset_rows", type=int, default=-1,
                         help="dataset transitions in the fine-tuned buffer at the start (-1: all)")
     parser.add_argument("--test_episodes", type=int, default=10)
+    parser.add_argument("--last_k", type=int, default=3,
+                        help="a run's score is the mean of its last K evaluations (a hopper "
+                        "evaluation alone jumps between a fall and a long episode)")
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
 
@@ -102,11 +106,14 @@ def report(source_score: float, tuned: Path, scratch: Path, args: argparse.Names
 
     steps, tuned_scores = curves(tuned, args.seeds, args.epochs)
     _, scratch_scores = curves(scratch, args.seeds, args.epochs)
-    lines = ["| dataset | source (offline, last) | fine-tuned, first evaluation | "
-             "fine-tuned, last | SAC from scratch, last | env steps |",
-             "|---|--:|--:|--:|--:|--:|",
+    k = args.last_k
+    lines = [f"| dataset | source (offline, last {k}) | fine-tuned, first evaluation | "
+             f"fine-tuned, lowest of first {k} | fine-tuned, last {k} | "
+             f"SAC from scratch, last {k} | env steps |",
+             "|---|--:|--:|--:|--:|--:|--:|",
              f"| {args.env_name} | {source_score:.1f} | {cell(tuned_scores[:, 0])} | "
-             f"{cell(tuned_scores[:, -1])} | {cell(scratch_scores[:, -1])} | {int(steps[-1])} |"]
+             f"{cell(tuned_scores[:, :k].min(1))} | {cell(tuned_scores[:, -k:].mean(1))} | "
+             f"{cell(scratch_scores[:, -k:].mean(1))} | {int(steps[-1])} |"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, scores, color in (("fine-tuned from the offline agent", tuned_scores, "C1"),
                                  ("SAC from scratch", scratch_scores, "C0")):
@@ -124,7 +131,8 @@ def report(source_score: float, tuned: Path, scratch: Path, args: argparse.Names
     (args.out / "finetune.md").write_text("\n".join(lines) + "\n")
     meta = {"command": " ".join(sys.argv), "commit": current_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "source": str(args.source), "seeds": args.seeds,
+            "source": str(args.source), "source_score": source_score, "last_k": args.last_k,
+            "seeds": args.seeds,
             "fine_tuned": tuned_scores.tolist(), "scratch": scratch_scores.tolist(),
             "env_steps": steps.tolist()}
     (args.out / "finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     source_scores = read_progress(args.source / "progress.txt")[SCORE]
-    source_score = float(np.mean(source_scores[-3:]))
+    source_score = float(np.mean(source_scores[-args.last_k:]))
     tuned = run("finetuned", args, pretrained_agent_path=str(args.source),
                 dataset=str(args.dataset.resolve()), n_samples_from_dataset=args.dataset_rows)
     scratch = run("scratch", args, random_steps=args.init_steps)
