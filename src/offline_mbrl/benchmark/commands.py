@@ -21,6 +21,7 @@ from offline_mbrl.benchmark.spec import expand, load_spec
 from offline_mbrl.benchmark.units import apply_environ, directories
 from offline_mbrl.cli import DefaultsHelpFormatter, OneLineParser, run_main
 from offline_mbrl.errors import UserError
+from offline_mbrl.tuning.tune import add_ray_arguments
 
 DEFAULT_ROOT = Path("benchmark-runs")
 
@@ -40,11 +41,7 @@ def build_parser(prog: str = "ombrl benchmark") -> argparse.ArgumentParser:
                         "(default benchmark-runs/<spec name>)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the table and figure go (default <root>/results)")
-    parser.add_argument("--address", default=None,
-                        help="join the Ray cluster at this address (auto or host:port); every "
-                        "node must then see --root at the same path (a shared filesystem)")
-    parser.add_argument("--num_cpus", type=int, default=None,
-                        help="CPUs of the embedded Ray (default: all of this machine)")
+    add_ray_arguments(parser, "units")
     parser.add_argument("--plan", "--dry-run", dest="plan", action="store_true",
                         help="print the expanded grid, its unit count and estimated cost, and "
                         "stop")

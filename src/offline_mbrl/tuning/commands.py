@@ -21,7 +21,12 @@ from offline_mbrl.cli import DefaultsHelpFormatter, OneLineParser, run_main
 from offline_mbrl.config import TrainerConfiguration, make_config
 from offline_mbrl.errors import UserError
 from offline_mbrl.tuning.search_space import tunable_modes
-from offline_mbrl.tuning.tune import TuneOptions, import_tune_libraries, tune_hyperparameters
+from offline_mbrl.tuning.tune import (
+    TuneOptions,
+    add_ray_arguments,
+    import_tune_libraries,
+    tune_hyperparameters,
+)
 
 _NESTED = ("agent", "env_model")
 
@@ -61,11 +66,7 @@ def build_parser(prog: str = "ombrl tune") -> argparse.ArgumentParser:
                        help="GPUs Ray reserves per trial (default: 1 with a cuda device, else 0)")
     sweep.add_argument("--max_concurrent", type=int, default=None,
                        help="at most this many trials at once (default: as resources allow)")
-    sweep.add_argument("--address", default=None,
-                       help="join the Ray cluster at this address (e.g. auto or host:6379) to "
-                       "spread trials over its machines; paths must be shared between them")
-    sweep.add_argument("--num_cpus", type=int, default=None,
-                       help="CPUs of the local Ray instance (default: all)")
+    add_ray_arguments(sweep, "trials")
     sweep.add_argument("--exp_name", default=None,
                        help="sweep name (default tune-<env_name>-<mode>); trial k trains as "
                        "experiment <exp_name>-trial<k>")

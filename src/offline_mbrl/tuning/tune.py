@@ -98,6 +98,18 @@ def import_ray(command: str = "ombrl tune") -> Any:
     return ray
 
 
+def add_ray_arguments(parser: Any, spread: str) -> None:
+    """``--address`` and ``--num_cpus``, the Ray options every command on Ray shares;
+    ``spread`` names what a cluster spreads (trials, units)."""
+    parser.add_argument("--address", default=None,
+                        help=f"join the Ray cluster at this address (auto or host:port) to "
+                        f"spread {spread} over its machines; every node must then see the "
+                        f"output directories at the same paths (a shared filesystem)")
+    parser.add_argument("--num_cpus", type=int, default=None,
+                        help="CPUs of the embedded Ray on 127.0.0.1 (default: all of this "
+                        "machine)")
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              command: str | None = None) -> bool:
     """Start an embedded Ray bound to 127.0.0.1, or join the cluster at ``address``.
