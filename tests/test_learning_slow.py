@@ -5,7 +5,8 @@ Marked slow (not in CI); run with ``.venv/bin/pytest -m slow tests/test_learning
 demo`` does: a hopper medium-replay dataset generated under the D4RL protocol (the replay
 buffer of a 15k-step SAC run), the environment model, an aleatoric-penalty population and
 the behavioral-cloning baseline (two seeds each). Both must clearly beat a random policy
-(a normalised score of about 1) and the pessimistic mode must beat behavioral cloning.
+(a normalised score of about 1) and the pessimistic mode must beat behavioral cloning by a
+point (two runs of this pipeline: by 4.9 and by 2.8).
 
 A seed's score is the mean of its last three evaluations: a hopper policy's test episodes
 flip between an early fall and one about twice as long from one epoch to the next, so the
@@ -31,4 +32,4 @@ def test_pessimistic_agent_and_bc_learn_hopper_medium_replay(tmp_path):
                   for row in csv.DictReader(handle)}
     print("hopper medium-replay (15k SAC steps) normalised scores:", scores)
     assert scores["behavioral-cloning"] > 3, scores
-    assert scores["aleatoric-penalty"] > scores["behavioral-cloning"] + 2, scores
+    assert scores["aleatoric-penalty"] > scores["behavioral-cloning"] + 1, scores
