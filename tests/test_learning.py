@@ -139,7 +139,6 @@ def test_cql_learns_from_pendulum_demonstrations(dirs, pendulum_dataset):
     assert score > -1000.0, score
 
 
-
 # MOBILE's penalty is the spread of the ensemble members' Bellman targets, so it takes
 # hold only once the critics have learned, and its policy leaves the random level later
 # than epistemic-penalty's: four seeds at the MOBILE code's default β (1.0) pass -1200
