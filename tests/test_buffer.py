@@ -62,3 +62,22 @@ def test_dataset_sampler_gathers_per_member():
     batch = DatasetSampler(data).sample(7, PopulationRNG([0, 1, 2]))
     assert batch.shape == (3, 7, 2)
     assert torch.equal(batch[..., 1], batch[..., 0] + 1)
+
+
+def test_checkpointed_buffer_holds_its_filled_rows_only(tmp_path):
+    """A checkpoint of a few rows of a large preallocated buffer is small: the saved
+    tensors do not carry the buffer's whole storage (``torch.save`` writes storages)."""
+    from offline_mbrl.checkpoint import load_checkpoint, save_checkpoint
+
+    buffer = PopulationBuffer(2, 200_000, TransitionLayout(1, 1))  # 2 x 200k x 5 floats: 8 MB
+    buffer.add(rows(2, 3))
+    empty = PopulationBuffer(2, 200_000, TransitionLayout(1, 1))
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"ordered": buffer.state_dict(), "member": buffer.member_state(1),
+                           "empty": empty.state_dict(), "empty_member": empty.member_state(0),
+                           "view": buffer.data[:, :3]})
+    assert path.stat().st_size < 20_000
+    loaded = load_checkpoint(path)
+    assert loaded["member"]["rows"][:, 0].tolist() == [100, 101, 102]
+    assert loaded["view"].tolist() == buffer.data[:, :3].tolist()
+    assert loaded["empty"]["rows"].shape == (2, 0, 5)

@@ -21,8 +21,29 @@ FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (see :func:`offline_mbrl.files.atomic_write`)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` to ``path`` atomically (see :func:`offline_mbrl.files.atomic_write`),
+    each tensor with only the memory it shows (see :func:`compact`)."""
+    compacted = compact(obj)
+    atomic_write(path, lambda tmp: torch.save(compacted, tmp))
+
+
+def compact(obj: Any) -> Any:
+    """``obj`` with every tensor that views a larger storage replaced by a copy.
+
+    ``torch.save`` writes a tensor's whole storage: a view of a few filled rows of a
+    preallocated buffer would otherwise carry the full buffer into the file.
+    """
+    if isinstance(obj, torch.Tensor):
+        if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size():
+            return obj.clone(memory_format=torch.contiguous_format)
+        return obj
+    if isinstance(obj, dict):
+        return {k: compact(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [compact(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(compact(v) for v in obj)
+    return obj
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
