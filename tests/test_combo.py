@@ -79,7 +79,7 @@ def test_all_real_rows_make_it_cqls_term():
         update={"cql_weight": 3.0}))
     batch = make_batch(2, B=8, obs_dim=3)
     q = cql.q_values(batch["obs"], batch["action"])
-    terms = [agent.critic_regularizer(batch, q, agent.extra_noise(PopulationRNG((0, 1)), 8))[0]
+    terms = [agent.critic_regularizer(batch, q, agent.extra_noise(PopulationRNG((0, 1)), 0, 8))[0]
              for agent in (combo, cql)]
     torch.testing.assert_close(terms[0], terms[1])
 
@@ -87,9 +87,9 @@ def test_all_real_rows_make_it_cqls_term():
 def test_model_states_draw_proposals_for_the_model_rows_only():
     agent = combo_agent(combo_states="model", cql_n_actions=3)
     with pytest.raises(ValueError, match="use_batch_split"):
-        agent.extra_noise(PopulationRNG((0,)), 8)
+        agent.extra_noise(PopulationRNG((0,)), 0, 8)
     agent.use_batch_split(5, 3)
-    extra = agent.extra_noise(PopulationRNG((0,)), 8)
+    extra = agent.extra_noise(PopulationRNG((0,)), 0, 8)
     assert extra["normal"].shape == (1, 2 * 3 * 3, 2)  # policy at s and s', 3 rows, n = 3
     assert extra["uniform"].shape == (1, 3 * 3, 2)
     metrics = agent.update(make_batch(1, B=8), PopulationRNG((0,)))

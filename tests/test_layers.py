@@ -64,3 +64,19 @@ def test_narrow_products_equal_plain_ones():
     x, weight, bias = torch.randn(3, 300, 64), torch.randn(3, 64, 2), torch.randn(3, 1, 2)
     torch.testing.assert_close(layers.affine(x, weight, bias), x @ weight + bias,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_relu_without_gradients_equals_torch_relu():
+    """The eager bf16 ReLU of the rollouts' networks (an integer clamp of the bit patterns)
+    gives torch's values on every kind of input, and differentiable inputs still train."""
+    from offline_mbrl.models.layers import ReLU
+
+    x = torch.tensor([-3.0, -0.0, 0.0, 1e-30, -1e-30, 2.5, -1e38, float("inf"),
+                      -float("inf")]).bfloat16()
+    with torch.no_grad():
+        out = ReLU()(x.clone())
+    assert out.dtype == torch.bfloat16
+    assert out.float().tolist() == torch.relu(x).float().tolist()
+    w = x.float().requires_grad_(True)
+    ReLU()(w.bfloat16() * 1.0).float().sum().backward()
+    assert w.grad is not None and w.grad.tolist() == (x.float() > 0).float().tolist()

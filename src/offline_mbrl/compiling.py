@@ -2,7 +2,8 @@
 
 The eager path is the reference; compiled functions compute the same thing (up to float
 rounding, see ``tests/test_compile.py``). The SAC update compiles its losses, forward and
-backward (AOTAutograd), and keeps the optimizer step eager. On CUDA the mode is
+backward (AOTAutograd), with its random draws, and keeps the optimizer step eager. On
+CUDA the mode is
 ``reduce-overhead``, which captures each function as a CUDA graph and replays it, removing
 the per-kernel launch cost that dominates small-network updates. On CPU inductor fuses the
 elementwise work between the matrix products. In bf16 rollouts on CPU the model's networks

@@ -95,8 +95,13 @@ class PopulationRNG:
         function that takes it (CUDA graphs refuse functions that mutate their inputs)
         draws with :meth:`block_normal` and friends.
         """
+        return self.next_draws(1)
+
+    def next_draws(self, n: int) -> torch.Tensor:
+        """The first of the next ``n`` draw numbers (``first .. first + n - 1``), as
+        :meth:`next_draw` gives one."""
         draw = self.counter.clone()
-        self.counter.add_(1)
+        self.counter.add_(n)
         return draw
 
     def block_bits(self, draw: torch.Tensor | int, first: torch.Tensor | int, n: int,

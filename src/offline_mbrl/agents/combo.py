@@ -66,9 +66,10 @@ class COMBO(CQL):
                              "model-generated: call use_batch_split before updating")
         return slice(self.n_real, None)
 
-    def extra_noise(self, rng: PopulationRNG, batch_size: int) -> dict[str, torch.Tensor]:
+    def extra_noise(self, rng: PopulationRNG, draw: torch.Tensor | int, batch_size: int
+                    ) -> dict[str, torch.Tensor]:
         """CQL's proposal draws, for the states of :meth:`push_down_rows` only."""
-        return super().extra_noise(rng, len(range(batch_size)[self.push_down_rows()]))
+        return super().extra_noise(rng, draw, len(range(batch_size)[self.push_down_rows()]))
 
     def critic_regularizer(self, batch: Batch, q: torch.Tensor,
                            extra: dict[str, torch.Tensor]

@@ -47,13 +47,16 @@ class CQL(SAC):
     """``P`` CQL agents trained in lockstep; arguments as for :class:`SAC`, with
     ``config.cql_weight``, ``config.cql_n_actions`` and ``config.cql_temperature``."""
 
-    def extra_noise(self, rng: PopulationRNG, batch_size: int) -> dict[str, torch.Tensor]:
+    extra_draws = 2
+
+    def extra_noise(self, rng: PopulationRNG, draw: torch.Tensor | int, batch_size: int
+                    ) -> dict[str, torch.Tensor]:
         """Standard normal noise for ``2·B·n`` policy samples (at ``s`` and ``s'``) and
         ``B·n`` uniform actions in the unit box."""
         n, A = self.config.cql_n_actions, self.act_dim
         return {
-            "normal": rng.block_normal(rng.next_draw(), 0, 2 * batch_size * n, A),
-            "uniform": rng.block_uniform(rng.next_draw(), 0, batch_size * n, A) * 2 - 1,
+            "normal": rng.block_normal(draw, 0, 2 * batch_size * n, A),
+            "uniform": rng.block_uniform(draw + 1, 0, batch_size * n, A) * 2 - 1,
         }
 
     def critic_regularizer(self, batch: Batch, q: torch.Tensor,

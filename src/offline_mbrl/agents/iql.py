@@ -140,7 +140,10 @@ class IQL(SAC):
     def loss_function(self) -> LossFunction:
         return iql_losses
 
-    def policy_noise(self, rng: PopulationRNG, batch_size: int) -> torch.Tensor:
+    policy_draws = 0
+
+    def policy_noise(self, rng: PopulationRNG, draw: torch.Tensor | int, batch_size: int
+                     ) -> torch.Tensor:
         """IQL's losses sample no actions: an empty ``[P, 0, act_dim]``, and no draw."""
         return torch.empty(self.n_members, 0, self.act_dim, device=self.log_alpha.device)
 

@@ -31,6 +31,28 @@ LossFunction = Callable[[Any, Batch, torch.Tensor, dict[str, torch.Tensor]],
                         tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """``(agent, batch, noise, extra) -> (scalar loss, [P] metrics)``: what :meth:`SAC.update`
 differentiates."""
+NoisyLossFunction = Callable[[Any, Batch, PopulationRNG, torch.Tensor],
+                             tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``(agent, batch, rng, first_draw) -> (scalar loss, [P] metrics)``: a
+:data:`LossFunction` with its random draws (see :func:`drawing_noise`)."""
+
+
+def drawing_noise(loss_function: LossFunction) -> NoisyLossFunction:
+    """``loss_function`` drawing its own noise: the policy's at draw ``first_draw`` of
+    ``rng`` and the extra draws (:meth:`SAC.extra_noise`) after it.
+
+    The draws are pure functions of the draw numbers, so compiled with the losses they
+    fuse into the graph's first kernels; the caller moves ``rng``'s counter
+    (:meth:`SAC.draws_per_update`), which keeps the compiled function free of mutation.
+    """
+    def losses(agent: Any, batch: Batch, rng: PopulationRNG, first_draw: torch.Tensor
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        B = batch["obs"].shape[1]
+        noise = agent.policy_noise(rng, first_draw, B)
+        extra = agent.extra_noise(rng, first_draw + agent.policy_draws, B)
+        return loss_function(agent, batch, noise, extra)
+
+    return losses
 
 
 def squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre_tanh: torch.Tensor
@@ -138,26 +160,30 @@ class SAC(nn.Module):
             trained.append(self.log_alpha)
         self.optimizer = torch.optim.Adam(trained, lr=config.lr,
                                           **adam_implementation(self.log_alpha.device))
-        self._losses: LossFunction = self.loss_function()
+        self._losses: NoisyLossFunction = drawing_noise(self.loss_function())
+        self._compiled = False
 
     def compile_update(self, compile_fn: Callable[[Any], Any]) -> None:
-        """Run the loss computation of :meth:`update` (forward and backward) through
-        ``compile_fn`` (``torch.compile``; see :mod:`offline_mbrl.compiling`). The optimizer
-        step stays eager."""
-        compiled = compile_fn(self.loss_function())
+        """Run the loss computation of :meth:`update` (its random draws, forward and
+        backward) through ``compile_fn`` (``torch.compile``; see
+        :mod:`offline_mbrl.compiling`). The optimizer step stays eager: Adam's fused
+        kernel is one call already."""
+        compiled = compile_fn(drawing_noise(self.loss_function()))
 
-        def losses(agent: SAC, batch: Batch, noise: torch.Tensor,
-                   extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        def losses(agent: SAC, batch: Batch, rng: PopulationRNG, first_draw: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, Any]]:
             # Columns of packed rows are strided views; inductor's kernels run slower on
             # them than on contiguous copies, which cost a few microseconds.
-            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, noise, extra)
+            return compiled(agent, {k: v.contiguous() for k, v in batch.items()}, rng,
+                            first_draw)
 
         self._losses = losses
+        self._compiled = True
 
     @property
     def update_compiled(self) -> bool:
         """Whether :meth:`update` runs its loss computation compiled."""
-        return self._losses is not self.loss_function()
+        return self._compiled
 
     # ----------------------------------------------------------------- networks
     def policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,9 +204,8 @@ class SAC(nn.Module):
                 through the critic's input only.
         """
         P, B, _ = obs.shape
-        x = torch.cat([obs, unit_action], dim=-1)
-        x = x.unsqueeze(1).expand(P, 2, B, x.shape[-1]).reshape(2 * P, B, x.shape[-1])
-        return (critic or self.critic)(x, dtype or self.dtype, frozen=frozen).view(P, 2, B)
+        return (critic or self.critic)(twin_inputs(obs, unit_action), dtype or self.dtype,
+                                       frozen=frozen).view(P, 2, B)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -237,9 +262,8 @@ class SAC(nn.Module):
         Returns:
             ``[P]`` tensors: LossQ, LossPi, LossAlpha, Alpha, QMean, LogPi.
         """
-        B = batch["obs"].shape[1]
-        noise = self.policy_noise(rng, B)
-        loss, metrics = self._losses(self, batch, noise, self.extra_noise(rng, B))
+        first_draw = rng.next_draws(self.draws_per_update())
+        loss, metrics = self._losses(self, batch, rng, first_draw)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -255,14 +279,25 @@ class SAC(nn.Module):
         :func:`sac_losses`; methods with other losses on SAC's networks return theirs."""
         return sac_losses
 
-    def policy_noise(self, rng: PopulationRNG, batch_size: int) -> torch.Tensor:
-        """``[P, 2B, act_dim]`` standard normal noise of the loss computation's policy
-        samples (rows ``:B`` at ``obs``, ``B:`` at ``next_obs``)."""
-        return rng.block_normal(rng.next_draw(), 0, 2 * batch_size, self.act_dim)
+    policy_draws: int = 1
+    """Draw numbers :meth:`policy_noise` uses per update."""
+    extra_draws: int = 0
+    """Draw numbers :meth:`extra_noise` uses per update."""
 
-    def extra_noise(self, rng: PopulationRNG, batch_size: int) -> dict[str, torch.Tensor]:
-        """Random draws a subclass's :meth:`critic_regularizer` needs, drawn outside the
-        (possibly compiled) loss computation; SAC needs none."""
+    def draws_per_update(self) -> int:
+        """Draw numbers one update takes from its :class:`PopulationRNG`."""
+        return self.policy_draws + self.extra_draws
+
+    def policy_noise(self, rng: PopulationRNG, draw: torch.Tensor | int, batch_size: int
+                     ) -> torch.Tensor:
+        """``[P, 2B, act_dim]`` standard normal noise of the loss computation's policy
+        samples (rows ``:B`` at ``obs``, ``B:`` at ``next_obs``), of draw ``draw``."""
+        return rng.block_normal(draw, 0, 2 * batch_size, self.act_dim)
+
+    def extra_noise(self, rng: PopulationRNG, draw: torch.Tensor | int, batch_size: int
+                    ) -> dict[str, torch.Tensor]:
+        """Random draws a subclass's :meth:`critic_regularizer` needs, of draws ``draw ..
+        draw + extra_draws - 1``; SAC needs none."""
         return {}
 
     def critic_regularizer(self, batch: Batch, q: torch.Tensor,
@@ -290,6 +325,14 @@ class SAC(nn.Module):
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def twin_inputs(obs: torch.Tensor, unit_action: torch.Tensor) -> torch.Tensor:
+    """``obs [P, B, obs_dim], unit_action [P, B, act_dim] -> [2P, B, obs_dim + act_dim]``,
+    the critic's input with each member's rows once per twin (member-major)."""
+    P, B, _ = obs.shape
+    x = torch.cat([obs, unit_action], dim=-1)
+    return x.unsqueeze(1).expand(P, 2, B, x.shape[-1]).reshape(2 * P, B, x.shape[-1])
 
 
 def adam_implementation(device: torch.device) -> dict[str, Any]:

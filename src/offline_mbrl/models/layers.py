@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -81,9 +82,21 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return torch.baddbmm(bias, x, weight)
 
 
+BF16_BIT_RELU_FLAG = "OMBRL_BF16_BIT_RELU"
+"""Set to 0 to run eager bf16 ReLU without gradients through ``torch.relu_`` (see
+:class:`ReLU`)."""
+_BF16_BIT_RELU = os.environ.get(BF16_BIT_RELU_FLAG, "1") != "0"
+
+
 class ReLU(nn.Module):
     """ReLU, in place in eager mode (each activation's input is a fresh product that
     backprop does not need: ReLU's backward reads its output).
+
+    Eager, in bf16 and without gradients (the environment model's networks in bf16
+    rollouts, which stay eager inside the compiled rollout step), it clamps the values'
+    16-bit patterns as integers: a bf16 value is negative exactly when its int16 pattern
+    is, so the result is ReLU's, and torch's bf16 ``relu_`` on CPU runs about half as fast
+    (benchmarks/README.md, "bf16"). ``OMBRL_BF16_BIT_RELU=0`` turns it off.
 
     Traced by ``torch.compile``, it is written ``(x + |x|) / 2``, which equals ``max(x, 0)``
     exactly (doubling and halving are exact in binary floating point), and whose gradient
@@ -97,6 +110,10 @@ class ReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return (x + x.abs()) * 0.5
+        if (_BF16_BIT_RELU and x.dtype == torch.bfloat16
+                and not (x.requires_grad and torch.is_grad_enabled())):
+            x.view(torch.int16).clamp_min_(0)
+            return x
         return torch.relu_(x)
 
 
@@ -143,22 +160,20 @@ class BatchedMLP(nn.Module):
         """
         if (dtype is None or dtype == x.dtype) and not frozen:
             return self.net(x)
+        return self._forward(x, dtype, lambda p, dt: (p.detach() if frozen else p).to(dt))
+
+    def _forward(self, x: torch.Tensor, dtype: torch.dtype | None,
+                 param: Callable[[torch.Tensor, torch.dtype], torch.Tensor]) -> torch.Tensor:
         h = x if dtype is None else x.to(dtype)
         *hidden, output = list(self.net)
         assert isinstance(output, BatchedLinear)
         for module in hidden:
             if isinstance(module, BatchedLinear):
-                h = affine(h, _param(module.weight, h.dtype, frozen),
-                           _param(module.bias, h.dtype, frozen))
+                h = affine(h, param(module.weight, h.dtype), param(module.bias, h.dtype))
             else:
                 h = module(h)
         h = h.float()
-        return affine(h, _param(output.weight, h.dtype, frozen),
-                      _param(output.bias, h.dtype, frozen))
-
-
-def _param(p: torch.Tensor, dtype: torch.dtype, frozen: bool) -> torch.Tensor:
-    return (p.detach() if frozen else p).to(dtype)
+        return affine(h, param(output.weight, h.dtype), param(output.bias, h.dtype))
 
 
 def member_generators(seeds: Sequence[int], salt: int) -> list[torch.Generator]:
