@@ -180,6 +180,47 @@ def seed_scores(unit: Unit, args: argparse.Namespace) -> tuple[np.ndarray, list[
     return run_scores(run_dirs(unit, args), args.epochs, args.last_k)
 
 
+Scores = tuple[np.ndarray, list[np.ndarray]]
+"""Per seed, the score of the table, and each seed's curve ``[2, epochs]`` (may be empty)."""
+
+
+def stored_scores(args: argparse.Namespace) -> dict[Unit, Scores]:
+    """What the previous report in ``--out`` wrote, per unit: its curves (``curves.json``),
+    or for units reported before curves were stored, the per-seed scores of
+    ``results.csv`` without curves. Runs need not stay on disk for their rows to stay in
+    the table."""
+    stored: dict[Unit, Scores] = {}
+    csv_path, curves_path = args.out / "results.csv", args.out / "curves.json"
+    if csv_path.is_file():
+        for line in csv_path.read_text().splitlines()[1:]:
+            dataset, mode, rule, _, scores = line.split(",")[:5]
+            stored[Unit(dataset, mode, rule)] = (
+                np.asarray([float(s) for s in scores.split()]), [])
+    if curves_path.is_file():
+        for entry in json.loads(curves_path.read_text()):
+            curves = [np.asarray(c, dtype=float)[:, :args.epochs] for c in entry["curves"]]
+            curves = [c for c in curves if c.shape[1] == args.epochs]
+            if curves:
+                finals = np.asarray([c[1, -args.last_k:].mean() for c in curves])
+                stored[Unit(entry["dataset"], entry["mode"], entry["rule"])] = (finals, curves)
+    return stored
+
+
+def table_scores(units: list[Unit], args: argparse.Namespace) -> dict[Unit, Scores]:
+    """Every unit of the table in its order: runs on disk first-hand, the others as the
+    previous report stored them."""
+    stored = stored_scores(args)
+    on_disk = {u: seed_scores(u, args) for u in units}
+    every = set(on_disk) | set(stored)
+    datasets = list(dict.fromkeys([*args.datasets, *sorted({u.dataset for u in every})]))
+    order = [Unit(d, m, r) for d in datasets for r in RULES for m in OFFLINE_MODES]
+    result = {}
+    for unit in (u for u in order if u in every):
+        first_hand = on_disk.get(unit, (np.zeros(0), []))
+        result[unit] = first_hand if first_hand[0].size else stored.get(unit, first_hand)
+    return {u: s for u, s in result.items() if s[0].size}
+
+
 def report(units: list[Unit], args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -187,17 +228,19 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     args.out.mkdir(parents=True, exist_ok=True)
+    scores = table_scores(units, args)
     lines = list(TABLE_HEADER)
     csv = ["dataset,mode,rule,seeds,scores,mean,std,iqm,ci_low,ci_high"]
-    datasets = list(dict.fromkeys(u.dataset for u in units))
+    datasets = list(dict.fromkeys(u.dataset for u in scores))
+    without_curves = [f"{u.dataset}: {u.label}" for u, (_, c) in scores.items() if not c]
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        for i, unit in enumerate(u for u in units if u.dataset == dataset):
-            finals, curves = seed_scores(unit, args)
-            if not finals.size:
-                continue
+        for i, unit in enumerate(u for u in scores if u.dataset == dataset):
+            finals, curves = scores[unit]
             lines.append(markdown_row(dataset, unit.label, finals))
             csv.append(f"{dataset},{unit.mode},{unit.rule},{csv_values(finals)}")
+            if not curves:
+                continue
             length = min(c.shape[1] for c in curves)
             x = curves[0][0, :length]
             ys = np.stack([c[1, :length] for c in curves])
@@ -213,16 +256,31 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
         ax.set_ylabel("D4RL normalised score")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    if without_curves:
+        # Rows kept from a report that stored no curves (their runs are gone): named, so
+        # that a missing line is not read as a missing row.
+        fig.text(0.01, 0.005, "no stored curve: " + "; ".join(without_curves), fontsize=6)
+    fig.tight_layout(rect=(0, 0.03 if without_curves else 0, 1, 1))
     fig.savefig(args.out / "learning.png", dpi=120)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     (args.out / "results.csv").write_text("\n".join(csv) + "\n")
+    (args.out / "curves.json").write_text(json.dumps([
+        {"dataset": u.dataset, "mode": u.mode, "rule": u.rule,
+         "curves": [np.round(c, 3).tolist() for c in curves]}
+        for u, (_, curves) in scores.items() if curves]) + "\n")
+    previous = args.out / "results.json"
+    identities = json.loads(previous.read_text()).get("datasets", {}) if (
+        previous.is_file()) else {}
+    identities.update({d: dataset_identity(d, args) for d in datasets
+                       if dataset_identity(d, args)})
     meta = {"command": " ".join(sys.argv), "commit": current_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seeds": args.seeds, "updates": args.epochs * args.steps_per_epoch,
             "test_episodes": args.test_episodes, "last_k": args.last_k,
             "model_epochs": args.model_epochs, "collect_steps": args.collect_steps,
-            "datasets": {d: dataset_identity(d, args) for d in datasets}}
+            "datasets": {d: identities.get(d, {}) for d in datasets},
+            "rows_kept_from_previous_reports": [f"{u.dataset}: {u.label}" for u in scores
+                                                if u not in units]}
     (args.out / "results.json").write_text(json.dumps(meta, indent=2) + "\n")
     print("\n".join(lines), flush=True)
 
