@@ -133,6 +133,7 @@ def test_resume_refuses_fixed_settings_and_applies_the_others(dirs):  # noqa: F8
                 progress=False)
     trainer = Trainer(_bc(offline_epochs=3, test_episodes=2), resume=True, progress=False)
     trainer.prepare()  # records the configuration, as run() does first
+    trainer.close()  # its TensorBoard writer's thread would outlive the test's directory
     written = json.loads((trainer.run_dirs[0] / "config.json").read_text())
     assert written["offline_epochs"] == 3 and written["test_episodes"] == 2
 

@@ -68,18 +68,25 @@ class RunLogger:
         run resumes from), so that its curves match ``progress.txt``."""
         self.run_dir = run_dir
         self.progress = ProgressLog(run_dir, keep_epochs=resume_epochs)
-        self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
-                                         purge_step=purge_step)
+        self._purge_step = purge_step
+        # Opened at the first epoch: a writer runs a thread of its own, which a trainer
+        # that never trains (a refused resume, a test) would leave behind.
+        self._tensorboard: SummaryWriter | None = None
 
     def log_epoch(self, row: dict[str, Any], step: int) -> None:
         self.progress.write(row)
+        if self._tensorboard is None:
+            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                              purge_step=self._purge_step)
         for key, value in row.items():
             if key != "Epoch" and isinstance(value, int | float) and math.isfinite(value):
-                self.tensorboard.add_scalar(_tensorboard_tag(key), value, step)
-        self.tensorboard.flush()
+                self._tensorboard.add_scalar(_tensorboard_tag(key), value, step)
+        self._tensorboard.flush()
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
 
 def _tensorboard_tag(key: str) -> str:
