@@ -182,6 +182,9 @@ def seed_scores(unit: Unit, args: argparse.Namespace) -> tuple[np.ndarray, list[
 
 Scores = tuple[np.ndarray, list[np.ndarray]]
 """Per seed, the score of the table, and each seed's curve ``[2, epochs]`` (may be empty)."""
+KEPT_CSV_ROWS: dict[Unit, str] = {}
+"""The previous ``results.csv``'s rows, written again verbatim for rows without curves (its
+scores are rounded: recomputing their statistics would move the last digit)."""
 
 
 def stored_scores(args: argparse.Namespace) -> dict[Unit, Scores]:
@@ -196,6 +199,7 @@ def stored_scores(args: argparse.Namespace) -> dict[Unit, Scores]:
             dataset, mode, rule, _, scores = line.split(",")[:5]
             stored[Unit(dataset, mode, rule)] = (
                 np.asarray([float(s) for s in scores.split()]), [])
+            KEPT_CSV_ROWS[Unit(dataset, mode, rule)] = line
     if curves_path.is_file():
         for entry in json.loads(curves_path.read_text()):
             curves = [np.asarray(c, dtype=float)[:, :args.epochs] for c in entry["curves"]]
@@ -238,7 +242,8 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
         for i, unit in enumerate(u for u in scores if u.dataset == dataset):
             finals, curves = scores[unit]
             lines.append(markdown_row(dataset, unit.label, finals))
-            csv.append(f"{dataset},{unit.mode},{unit.rule},{csv_values(finals)}")
+            csv.append(KEPT_CSV_ROWS[unit] if not curves and unit in KEPT_CSV_ROWS else
+                       f"{dataset},{unit.mode},{unit.rule},{csv_values(finals)}")
             if not curves:
                 continue
             length = min(c.shape[1] for c in curves)
@@ -256,12 +261,14 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
         ax.set_ylabel("D4RL normalised score")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    # Rows kept from a report that stored no curves (their runs are gone) keep the figure
+    # that shows them; the curves this report has go beside it.
+    figure = "learning-latest.png" if without_curves else "learning.png"
+    fig.savefig(args.out / figure, dpi=120)
     if without_curves:
-        # Rows kept from a report that stored no curves (their runs are gone): named, so
-        # that a missing line is not read as a missing row.
-        fig.text(0.01, 0.005, "no stored curve: " + "; ".join(without_curves), fontsize=6)
-    fig.tight_layout(rect=(0, 0.03 if without_curves else 0, 1, 1))
-    fig.savefig(args.out / "learning.png", dpi=120)
+        print(f"{figure}: learning.png is kept, it has the curves of "
+              + "; ".join(without_curves), flush=True)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     (args.out / "results.csv").write_text("\n".join(csv) + "\n")
     (args.out / "curves.json").write_text(json.dumps([
