@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from offline_mbrl.agents import SAC
+from offline_mbrl.agents.cql import CQL
+from offline_mbrl.agents.iql import IQL
 from offline_mbrl.compiling import compiler
 from offline_mbrl.config import AgentConfiguration
 from offline_mbrl.data.buffer import TransitionLayout
@@ -16,15 +18,18 @@ from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_compiled_sac_update_matches_eager(precision):
+@pytest.mark.parametrize(("agent_class", "precision"), [
+    (SAC, "float32"), (SAC, "bfloat16"),
+    # Their random draws (CQL's proposals after the policy's) happen inside the graph too.
+    (CQL, "float32"), (IQL, "float32")])
+def test_compiled_sac_update_matches_eager(agent_class, precision):
     config = AgentConfiguration(n_hidden_layers=2, n_hidden_units=32, batch_size=16, alpha="auto",
-                                precision=precision)
+                                precision=precision, cql_n_actions=3)
     # Inductor may keep a fused bf16 intermediate in float32: agreement to bf16 rounding.
     tol = {"rtol": 1e-4, "atol": 1e-5} if precision == "float32" else {"rtol": 2e-2,
                                                                         "atol": 1e-3}
-    eager = SAC(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
-    compiled = SAC(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
+    eager = agent_class(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
+    compiled = agent_class(5, 2, -torch.ones(2), torch.ones(2), (0, 1), config)
     compiled.compile_update(compiler(CPU))
     assert set(eager.state_dict()["actor"]) == set(compiled.state_dict()["actor"])
     rng_a, rng_b = PopulationRNG((0, 1)), PopulationRNG((0, 1))
