@@ -95,8 +95,8 @@ class ReLU(nn.Module):
     Eager, in bf16 and without gradients (the environment model's networks in bf16
     rollouts, which stay eager inside the compiled rollout step), it clamps the values'
     16-bit patterns as integers: a bf16 value is negative exactly when its int16 pattern
-    is, so the result is ReLU's, and torch's bf16 ``relu_`` on CPU runs about half as fast
-    (benchmarks/README.md, "bf16"). ``OMBRL_BF16_BIT_RELU=0`` turns it off.
+    is, so the result is ReLU's, and the integer clamp runs faster on CPU than torch's bf16
+    ``relu_`` (benchmarks/README.md, "bf16 ReLU"). ``OMBRL_BF16_BIT_RELU=0`` turns it off.
 
     Traced by ``torch.compile``, it is written ``(x + |x|) / 2``, which equals ``max(x, 0)``
     exactly (doubling and halving are exact in binary floating point), and whose gradient
