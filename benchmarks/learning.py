@@ -180,11 +180,10 @@ def seed_scores(unit: Unit, args: argparse.Namespace) -> tuple[np.ndarray, list[
     return run_scores(run_dirs(unit, args), args.epochs, args.last_k)
 
 
-Scores = tuple[np.ndarray, list[np.ndarray]]
-"""Per seed, the score of the table, and each seed's curve ``[2, epochs]`` (may be empty)."""
-KEPT_CSV_ROWS: dict[Unit, str] = {}
-"""The previous ``results.csv``'s rows, written again verbatim for rows without curves (its
-scores are rounded: recomputing their statistics would move the last digit)."""
+Scores = tuple[np.ndarray, list[np.ndarray], str | None]
+"""Per seed, the score of the table; each seed's curve ``[2, epochs]`` (may be empty); and
+for a row without curves, its line of the previous ``results.csv``, written again verbatim
+(its scores are rounded: recomputing their statistics would move the last digit)."""
 
 
 def stored_scores(args: argparse.Namespace) -> dict[Unit, Scores]:
@@ -198,15 +197,15 @@ def stored_scores(args: argparse.Namespace) -> dict[Unit, Scores]:
         for line in csv_path.read_text().splitlines()[1:]:
             dataset, mode, rule, _, scores = line.split(",")[:5]
             stored[Unit(dataset, mode, rule)] = (
-                np.asarray([float(s) for s in scores.split()]), [])
-            KEPT_CSV_ROWS[Unit(dataset, mode, rule)] = line
+                np.asarray([float(s) for s in scores.split()]), [], line)
     if curves_path.is_file():
         for entry in json.loads(curves_path.read_text()):
             curves = [np.asarray(c, dtype=float)[:, :args.epochs] for c in entry["curves"]]
             curves = [c for c in curves if c.shape[1] == args.epochs]
             if curves:
                 finals = np.asarray([c[1, -args.last_k:].mean() for c in curves])
-                stored[Unit(entry["dataset"], entry["mode"], entry["rule"])] = (finals, curves)
+                stored[Unit(entry["dataset"], entry["mode"], entry["rule"])] = (
+                    finals, curves, None)
     return stored
 
 
@@ -214,13 +213,13 @@ def table_scores(units: list[Unit], args: argparse.Namespace) -> dict[Unit, Scor
     """Every unit of the table in its order: runs on disk first-hand, the others as the
     previous report stored them."""
     stored = stored_scores(args)
-    on_disk = {u: seed_scores(u, args) for u in units}
+    on_disk: dict[Unit, Scores] = {u: (*seed_scores(u, args), None) for u in units}
     every = set(on_disk) | set(stored)
     datasets = list(dict.fromkeys([*args.datasets, *sorted({u.dataset for u in every})]))
     order = [Unit(d, m, r) for d in datasets for r in RULES for m in OFFLINE_MODES]
     result = {}
     for unit in (u for u in order if u in every):
-        first_hand = on_disk.get(unit, (np.zeros(0), []))
+        first_hand = on_disk.get(unit, (np.zeros(0), [], None))
         result[unit] = first_hand if first_hand[0].size else stored.get(unit, first_hand)
     return {u: s for u, s in result.items() if s[0].size}
 
@@ -236,14 +235,13 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     lines = list(TABLE_HEADER)
     csv = ["dataset,mode,rule,seeds,scores,mean,std,iqm,ci_low,ci_high"]
     datasets = list(dict.fromkeys(u.dataset for u in scores))
-    without_curves = [f"{u.dataset}: {u.label}" for u, (_, c) in scores.items() if not c]
+    without_curves = [f"{u.dataset}: {u.label}" for u, (_, c, _) in scores.items() if not c]
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         for i, unit in enumerate(u for u in scores if u.dataset == dataset):
-            finals, curves = scores[unit]
+            finals, curves, kept_line = scores[unit]
             lines.append(markdown_row(dataset, unit.label, finals))
-            csv.append(KEPT_CSV_ROWS[unit] if not curves and unit in KEPT_CSV_ROWS else
-                       f"{dataset},{unit.mode},{unit.rule},{csv_values(finals)}")
+            csv.append(kept_line or f"{dataset},{unit.mode},{unit.rule},{csv_values(finals)}")
             if not curves:
                 continue
             length = min(c.shape[1] for c in curves)
@@ -274,12 +272,12 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     (args.out / "curves.json").write_text(json.dumps([
         {"dataset": u.dataset, "mode": u.mode, "rule": u.rule,
          "curves": [np.round(c, 3).tolist() for c in curves]}
-        for u, (_, curves) in scores.items() if curves]) + "\n")
+        for u, (_, curves, _) in scores.items() if curves]) + "\n")
     previous = args.out / "results.json"
     identities = json.loads(previous.read_text()).get("datasets", {}) if (
         previous.is_file()) else {}
-    identities.update({d: dataset_identity(d, args) for d in datasets
-                       if dataset_identity(d, args)})
+    for dataset in datasets:
+        identities[dataset] = dataset_identity(dataset, args) or identities.get(dataset, {})
     meta = {"command": " ".join(sys.argv), "commit": current_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seeds": args.seeds, "updates": args.epochs * args.steps_per_epoch,

@@ -2,14 +2,13 @@
 
 The eager path is the reference; compiled functions compute the same thing (up to float
 rounding, see ``tests/test_compile.py``). The SAC update compiles its losses, forward and
-backward (AOTAutograd), with its random draws, and keeps the optimizer step eager. On
-CUDA the mode is
-``reduce-overhead``, which captures each function as a CUDA graph and replays it, removing
-the per-kernel launch cost that dominates small-network updates. On CPU inductor fuses the
-elementwise work between the matrix products. In bf16 rollouts on CPU the model's networks
-stay eager inside the compiled step (``EnvironmentModel.eager_networks``), where oneDNN's
-bf16 products beat inductor's, and only the work around them is compiled. Figures:
-``benchmarks/README.md``.
+backward (AOTAutograd), with its random draws, and keeps the optimizer step eager. On CUDA
+the mode is ``reduce-overhead``, which captures each function as a CUDA graph and replays
+it, removing the per-kernel launch cost that dominates small-network updates. On CPU
+inductor fuses the elementwise work between the matrix products. In bf16 rollouts on CPU
+the model's networks stay eager inside the compiled step
+(``EnvironmentModel.eager_networks``), where oneDNN's bf16 products beat inductor's, and
+only the work around them is compiled. Figures: ``benchmarks/README.md``.
 
 Compiled code is cached per function and specialised on the agent and model objects:
 a process that trains several populations one after another compiles again for each.

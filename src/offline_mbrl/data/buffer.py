@@ -101,7 +101,7 @@ class PopulationBuffer:
         n = int(sizes[0])
         start = (self.position - self.size) % self.capacity
         order = (start[:, None] + torch.arange(n, device=self.device)) % self.capacity
-        rows = self.data[self._members[:, None], order] if n else self.data[:, :0].clone()
+        rows = self.data[self._members[:, None], order] if n else self.data[:, :0]
         return {"rows": rows.cpu()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -117,8 +117,8 @@ class PopulationBuffer:
         buffer draws the very rows the original would have drawn: resume is exact.
         """
         size = int(self.size[member])
-        # A copy: a view would carry the whole preallocated storage into the file.
-        return {"rows": self.data[member, :size].cpu().clone(),
+        # A view: checkpoint.compact copies it when saved, so the file holds these rows only.
+        return {"rows": self.data[member, :size].cpu(),
                 "position": self.position[member].cpu(), "capacity": torch.tensor(self.capacity)}
 
     def load_member_states(self, states: list[dict[str, torch.Tensor]]) -> None:
