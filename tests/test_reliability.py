@@ -213,3 +213,29 @@ def test_openmp_spins_briefly_unless_the_user_chose_a_policy():
     assert run() == ["1000", "True"]
     assert run(GOMP_SPINCOUNT="5") == ["5", "True"]
     assert run(OMP_WAIT_POLICY="ACTIVE") == ["None", "True"]
+
+
+@pytest.mark.parametrize(("flags", "warned"), [
+    ("fpu avx avx2 fma", True),                 # AVX2 only: bfloat16 is emulated
+    ("fpu avx2 avx512f avx512_bf16", False),
+    ("fpu avx2 amx_bf16 amx_tile", False),
+    (None, False),                              # no /proc/cpuinfo: cannot tell, no warning
+])
+def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_in_one_line(dirs, monkeypatch,  # noqa: F811
+                                                                  flags, warned):
+    import warnings
+
+    from offline_mbrl import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags",
+                        lambda: None if flags is None else frozenset(flags.split()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(config("offline-sac", rollout_dtype="bfloat16"), progress=False)
+        Trainer(config("offline-sac"), progress=False)  # float32: never warned
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)
+                and "bfloat16" in str(w.message)]
+    assert len(messages) == int(warned), messages
+    if warned:
+        assert messages[0].startswith("--rollout_dtype bfloat16 on a CPU without bfloat16 "
+                                      "products") and "\n" not in messages[0]

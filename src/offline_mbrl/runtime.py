@@ -73,3 +73,40 @@ def set_wait_policy() -> None:
     """
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+
+
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""``/proc/cpuinfo`` flags of x86 CPUs that multiply bfloat16 in hardware."""
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo``, or None where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def slow_bfloat16_cpu() -> bool:
+    """Whether this is an x86 CPU known to lack bfloat16 products (no AVX512-BF16, no AMX).
+
+    There torch emulates bfloat16 matrix products, several times slower than float32, so
+    bfloat16 saves nothing and costs much. False where it cannot tell (no ``/proc/cpuinfo``,
+    other architectures).
+    """
+    flags = cpu_flags()
+    return flags is not None and "avx2" in flags and not flags & set(BFLOAT16_CPU_FLAGS)
+
+
+def bfloat16_warning(settings: dict[str, str], device_type: str) -> str | None:
+    """A one-line warning when ``settings`` (flag name → dtype) ask for bfloat16 on a CPU
+    that emulates it; None otherwise."""
+    flags = [f"--{name} bfloat16" for name, dtype in settings.items() if dtype == "bfloat16"]
+    if not flags or device_type != "cpu" or not slow_bfloat16_cpu():
+        return None
+    return (f"{' and '.join(flags)} on a CPU without bfloat16 products (no AVX512-BF16 or "
+            "AMX): torch emulates them, many times slower than float32; drop the flag here")
