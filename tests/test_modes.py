@@ -228,6 +228,8 @@ def test_population_member_trains_like_a_single_run(dirs, mode):
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+# On CPUs that emulate bfloat16 the run warns so (tests/test_reliability.py checks it).
+@pytest.mark.filterwarnings("ignore:--precision bfloat16 on a CPU without:RuntimeWarning")
 def test_compile_flag_compiles_the_update_in_either_precision(dirs, precision):
     """--compile hands the SAC update to torch.compile whatever the precision (on CPU a
     compiled bf16 update used to stay eager); compilation itself waits for the first step."""
