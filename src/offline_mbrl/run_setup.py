@@ -19,6 +19,7 @@ Steps 1-4 can fail on bad input and run before any run directory is touched.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from offline_mbrl.modes import ModeSpec, get_mode, same_agent
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism
 from offline_mbrl.runs import find_checkpoint
+from offline_mbrl.runtime import bfloat16_warning
 
 PER_MEMBER_FLAGS = ("rollout_length", "pessimism", "ood_threshold")
 """Flags that take one value, or one per population member."""
@@ -72,6 +74,15 @@ def check_settings(config: TrainerConfiguration, env: EnvSpec, n_members: int) -
                         "--dataset PATH")
     if config.n_samples_from_dataset:
         _check_dataset_seeding(config, env, mode)
+
+
+def warn_about_emulated_bfloat16(config: TrainerConfiguration, device: torch.device) -> None:
+    """One line of warning when a bfloat16 flag meets a CPU that emulates bfloat16."""
+    message = bfloat16_warning({"precision": config.agent.precision,
+                                "rollout_dtype": config.rollout_dtype,
+                                "model_precision": config.env_model.precision}, device.type)
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _check_dataset_seeding(config: TrainerConfiguration, env: EnvSpec, mode: ModeSpec) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +53,7 @@ from offline_mbrl.run_setup import (
     resolve_pessimism,
     resolve_random_steps,
     train_and_save_model,
+    warn_about_emulated_bfloat16,
 )
 from offline_mbrl.runs import (
     CHECKPOINT_FILE,
@@ -62,7 +62,7 @@ from offline_mbrl.runs import (
     member_run_dirs,
     write_config,
 )
-from offline_mbrl.runtime import bfloat16_warning, keep_freed_memory
+from offline_mbrl.runtime import keep_freed_memory
 
 __all__ = ["RESUME_MAY_CHANGE", "EpochMetrics", "Trainer", "make_agent", "train"]
 
@@ -162,12 +162,7 @@ class Trainer:
 
         # Everything that can fail on bad input happens before run directories are touched.
         check_settings(config, self.spec, self.P)
-        slow = bfloat16_warning({"precision": config.agent.precision,
-                                 "rollout_dtype": config.rollout_dtype,
-                                 "model_precision": config.env_model.precision},
-                                self.device.type)
-        if slow:
-            warnings.warn(slow, RuntimeWarning, stacklevel=2)
+        warn_about_emulated_bfloat16(config, self.device)
         env = probe_environment(config.env_name)
         self.obs_dim, self.act_dim = env.obs_dim, env.act_dim
         self.action_low, self.action_high = env.action_low, env.action_high
