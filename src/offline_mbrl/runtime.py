@@ -1,5 +1,5 @@
-"""Process-level settings: CPU threads that share a machine gracefully, and (optional)
-allocator thresholds for the CPU hot loop.
+"""Process-level settings: CPU threads that share a machine gracefully, (optional)
+allocator thresholds for the CPU hot loop, and whether the CPU multiplies bfloat16 itself.
 
 OpenMP's default wait policy keeps idle worker threads spinning after every parallel
 region. Alone on a machine that costs nothing; two processes that each spin on every core
