@@ -213,3 +213,14 @@ def test_main_job_smoke(tmp_path):
         assert len(scores) == 6
         assert float(row["score_mean"]) == pytest.approx(scores[-1], abs=1e-3)
         assert float(row["last_score_mean"]) == pytest.approx(np.mean(scores[-3:]), abs=1e-3)
+
+
+def test_a_warning_reaches_the_user_as_one_line(data_dir, capsys, monkeypatch):
+    from offline_mbrl import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))
+    assert train_main([*TINY, "--epochs", "1", "--rollout_dtype", "bfloat16"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "bfloat16" in line]
+    assert lines == ["warning: --rollout_dtype bfloat16 on a CPU without bfloat16 products "
+                     "(no AVX512-BF16 or AMX): torch emulates them, many times slower than "
+                     "float32; drop the flag here"], lines

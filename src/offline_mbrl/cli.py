@@ -10,11 +10,12 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, NoReturn, Union, get_args, get_origin
+from typing import Any, Literal, NoReturn, TextIO, Union, get_args, get_origin
 
 import numpy as np
 import torch
@@ -115,10 +116,20 @@ def _act(agent: Any, obs: Any) -> Any:
     return agent.agent.act(obs.to(agent.device), deterministic=True)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """Show a warning as one ``warning: ...`` line on stderr (a command's user reads the
+    message, not the source line that raised it)."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def run_main(body: Callable[[], int], interrupted: str = "interrupted") -> int:
-    """Run a command body, turning :class:`UserError` into one line on stderr and exit 2."""
+    """Run a command body, turning :class:`UserError` into one line on stderr and exit 2,
+    and showing warnings as one line each."""
     try:
-        return body()
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return body()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
