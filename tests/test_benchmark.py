@@ -172,6 +172,8 @@ def _interrupt_after_first_unit(root: Path, listening_sockets) -> tuple[list[str
     return done, sorted(addresses)
 
 
+@pytest.mark.long
+@pytest.mark.xdist_group("ray")  # one embedded Ray at a time, with test_tuning's
 def test_smoke_spec_resumes_after_a_kill_on_loopback_ray(tmp_path, listening_sockets):
     pytest.importorskip("ray", reason="ray is not installed (extra 'tune')")
     root = tmp_path / "root"

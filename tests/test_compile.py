@@ -15,6 +15,9 @@ from offline_mbrl.models.ensemble import EnvironmentModel
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism, rollout, rollout_step
 
+# Compiling takes tens of seconds a test: the suite's workers (make test) start these first.
+pytestmark = pytest.mark.long
+
 CPU = torch.device("cpu")
 
 

@@ -28,6 +28,9 @@ from offline_mbrl.data.collect import (
 from offline_mbrl.data.commands import main
 from offline_mbrl.errors import UserError
 
+# The module fixtures are costly: the suite's two workers (make test) run these tests on one.
+pytestmark = pytest.mark.xdist_group("collect-sac")
+
 TINY = ["--size", "200", "--max_train_steps", "200", "--expert_steps", "200",
         "--steps_per_epoch", "100", "--random_steps", "100", "--init_steps", "180",
         "--test_episodes", "2", "--quiet"]

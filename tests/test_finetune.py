@@ -84,6 +84,7 @@ def returns_per_epoch(config: TrainerConfiguration) -> np.ndarray:
 # seeds; both online runs then take 1,500 environment steps as three seeds. The fine-tuned
 # run acts with the offline policy from its first step (no random actions) on a buffer that
 # starts with 2,000 dataset rows; from scratch, SAC acts randomly for its first 500 steps.
+@pytest.mark.long
 def test_an_offline_agent_continued_online_keeps_its_score_and_beats_sac_from_scratch(
         tmp_path, monkeypatch, pendulum_dataset):  # noqa: F811
     monkeypatch.setenv("OMBRL_DATA_DIR", str(tmp_path / "experiments"))

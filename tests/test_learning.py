@@ -15,6 +15,12 @@ from offline_mbrl.data.d4rl import write_d4rl_hdf5
 from offline_mbrl.runtime import slow_bfloat16_cpu
 from offline_mbrl.train import Trainer
 
+# Every test here takes a minute or more: the suite's workers (make test) start them first.
+pytestmark = pytest.mark.long
+# The model-based tests share one trained environment model (models_dir), so one worker
+# runs them.
+SHARED_MODEL = pytest.mark.xdist_group("pendulum-model")
+
 RANDOM_PENDULUM_RETURN = -1200.0
 
 
@@ -104,7 +110,7 @@ def test_online_sac_learns_pendulum(precision, dirs):
 # (its bang-bang controller becomes a smoothed one), so it does not go far past -600.
 @pytest.mark.parametrize(("mode", "threshold"), [
     ("offline-sac", -900.0),
-    ("epistemic-penalty", -450.0),
+    pytest.param("epistemic-penalty", -450.0, marks=SHARED_MODEL),
     ("behavioral-cloning", -900.0),
 ])
 def test_offline_modes_learn_from_pendulum_demonstrations(mode, threshold, dirs,
@@ -147,6 +153,7 @@ def test_cql_learns_from_pendulum_demonstrations(dirs, pendulum_dataset):
 # than epistemic-penalty's: four seeds at the MOBILE code's default β (1.0) pass -1200
 # after their third epoch and end their fifth with a mean near -500. The bar sits between
 # the random policy and that.
+@SHARED_MODEL
 def test_mobile_learns_from_pendulum_demonstrations(dirs, pendulum_dataset):
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode="mobile", dataset=str(pendulum_dataset), offline_epochs=5,
@@ -162,6 +169,7 @@ def test_mobile_learns_from_pendulum_demonstrations(dirs, pendulum_dataset):
 # near -730. Five epochs of COMBO's 13 critic rows per state cost more than CI affords, so
 # the test is marked slow (run with -m slow).
 @pytest.mark.slow
+@SHARED_MODEL
 def test_combo_learns_from_pendulum_demonstrations(dirs, pendulum_dataset):
     score = final_return(TrainerConfiguration(
         env_name="Pendulum-v1", mode="combo", dataset=str(pendulum_dataset), offline_epochs=5,

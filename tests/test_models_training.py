@@ -29,6 +29,9 @@ from offline_mbrl.models.training import (
 from offline_mbrl.models.uncertainty import dataset_uncertainty
 from offline_mbrl.scripts import train_environment_model as script
 
+# The module fixtures are costly: the suite's two workers (make test) run these tests on one.
+pytestmark = pytest.mark.xdist_group("models-training")
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "src" / "offline_mbrl" / "scripts" / "train_environment_model.py"
 SMALL = {"n_networks": 3, "n_hidden_layers": 2, "n_hidden_units": 32,

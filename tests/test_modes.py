@@ -240,6 +240,7 @@ def test_compile_flag_compiles_the_update_in_either_precision(dirs, precision):
     trainer.close()
 
 
+@pytest.mark.long
 def test_compiled_pessimistic_run_matches_eager(dirs):
     """--compile end to end (update and rollout step): the same losses as eager, no
     recompilation after the first steps, and a checkpoint that resumes eagerly."""

@@ -26,6 +26,10 @@ from offline_mbrl.tuning.commands import config_from_tune_args, main, parse_over
 from offline_mbrl.tuning.search_space import Bounds, search_bounds
 from offline_mbrl.tuning.tune import objective, row_score, trial_config
 
+# One embedded Ray at a time: the suite's two workers (make test) run these tests on one, with
+# the benchmark's Ray test.
+pytestmark = pytest.mark.xdist_group("ray")
+
 NAME = "hopper-random-v2"
 STATS = {"aleatoric": {"mean": 0.01, "std": 0.02, "max": 0.5},
          "epistemic": {"mean": 0.1, "std": 0.3, "max": 4.0},

@@ -13,6 +13,9 @@ from offline_mbrl.models.io import save_environment_model
 from offline_mbrl.models.statistics import compute_uncertainty_statistics, statistics_path
 from offline_mbrl.models.training import EnvironmentModelConfiguration, train_environment_model
 
+# The module fixtures are costly: the suite's two workers (make test) run these tests on one.
+pytestmark = pytest.mark.xdist_group("uncertainty")
+
 NAME = "hopper-random-v2"
 TINY_MODEL = EnvironmentModelConfiguration(n_networks=3, n_hidden_layers=1, n_hidden_units=16,
                                            reward_n_hidden_units=8,
