@@ -25,8 +25,8 @@ demo: install
 render-deps:
 	-bash scripts/install_render_deps.sh
 
-# Workers of one torch thread each: the suite's networks are small, so two single-threaded
-# processes finish far sooner than one with two threads, and they never compete for a core.
+# Workers of one torch thread each: the suite's networks are too small to keep two threads
+# busy, so one test per core does more, and workers never compete for a core.
 TEST_WORKERS ?= 2
 test: install render-deps
 	OMP_NUM_THREADS=1 MUJOCO_GL=egl $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15

@@ -212,9 +212,10 @@ def _listening_addresses(pids: set[int]) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``long`` (a minute or so each) run first, so that the suite's two workers
-    (``make test``: ``pytest -n 2``) stay busy until both end, instead of one of them
-    starting a long test when the other is nearly done. The order is otherwise kept."""
+    """Tests marked ``long`` (a minute or so each) run first, so that the suite's workers
+    (``make test``: ``pytest -n $(TEST_WORKERS)``) stay busy until all end, instead of one
+    of them starting a long test when the others are nearly done. The order is otherwise
+    kept."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
