@@ -229,7 +229,7 @@ def test_beta_comes_from_the_flag_the_table_or_the_mobile_default(dirs, hopper_d
 def test_mobile_is_tuned_on_a_fixed_range_of_its_penalty():
     from offline_mbrl.errors import UserError
     from offline_mbrl.tuning.search_space import (
-        BELLMAN_PENALTY_RANGE,
+        Bounds,
         check_tunable_mode,
         search_bounds,
         tunable_modes,
@@ -238,6 +238,6 @@ def test_mobile_is_tuned_on_a_fixed_range_of_its_penalty():
     assert "mobile" in tunable_modes() and "offline-sac" not in tunable_modes()
     check_tunable_mode("mobile")
     # No dataset statistic enters β's range (an empty mapping is enough).
-    assert search_bounds("mobile", {})["pessimism"].low == BELLMAN_PENALTY_RANGE[0]
-    with pytest.raises(UserError, match="no pessimism to tune"):
+    assert search_bounds("mobile", {})["pessimism"] == Bounds(0.05, 10.0, log=True)
+    with pytest.raises(UserError, match="no pessimism or conservatism to tune"):
         check_tunable_mode("offline-sac")

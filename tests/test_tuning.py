@@ -52,14 +52,21 @@ LENGTHS = Bounds(1, 20, integer=True)
     # MOBILE's β: a fixed log range around its authors' per-dataset values, whatever the
     # model's statistics (the Bellman inconsistency is measured in Q-values, not by them).
     ("mobile", {"rollout_length": LENGTHS, "pessimism": Bounds(0.05, 10.0, log=True)}),
+    # The conservative modes' weights: fixed ranges from their registry lines, around the
+    # papers' values; a model-free mode has no rollout length.
+    ("cql", {"agent.cql_weight": Bounds(0.5, 20.0, log=True)}),
+    ("iql", {"agent.iql_expectile": Bounds(0.5, 0.95),
+             "agent.iql_temperature": Bounds(0.5, 10.0, log=True)}),
+    ("combo", {"rollout_length": LENGTHS, "agent.combo_weight": Bounds(0.1, 10.0, log=True)}),
 ])
 def test_search_bounds_from_statistics(mode, expected):
     assert search_bounds(mode, STATS) == expected
 
 
 def test_search_bounds_refuses_empty_ranges():
-    with pytest.raises(UserError, match="no pessimism to tune"):
-        search_bounds("offline-sac", STATS)
+    for mode in ("offline-sac", "behavioral-cloning", "sac", "mbpo"):
+        with pytest.raises(UserError, match="no pessimism or conservatism to tune"):
+            search_bounds(mode, STATS)
     flat = {**STATS, "epistemic": {"mean": 0.3, "std": 0.0, "max": 0.3}}
     with pytest.raises(UserError, match="range \\[mean, max\\] is empty"):
         search_bounds("epistemic-partitioning", flat)
@@ -130,7 +137,34 @@ def test_flags_and_set_overrides():
                          {"rollout_length": 7, "pessimism": 0.25})
     assert trial.experiment_name == "sweep-trial4"
     assert trial.rollout_length == (7,) and trial.pessimism == (0.25,)
+    # Agent fields join the agent group and keep its other values.
+    trial = trial_config(config.model_dump(mode="json"), "sweep", 5,
+                         {"agent.iql_expectile": 0.8, "agent.iql_temperature": 2.0})
+    assert (trial.agent.iql_expectile, trial.agent.iql_temperature) == (0.8, 2.0)
+    assert trial.agent.n_hidden_units == 16 and trial.agent.alpha == "auto"
     assert "tune" in COMMANDS
+
+
+def test_conservative_modes_are_tuned_through_their_agent_fields(tmp_path):
+    from offline_mbrl.tuning.commands import build_parser
+    from offline_mbrl.tuning.tune import TrialOutcome, write_best
+
+    args = build_parser().parse_args(["--env_name", NAME, "--mode", "cql",
+                                      "--set", "agent.n_hidden_units=16"])
+    config = config_from_tune_args(args)
+    best = TrialOutcome(trial=3, params={"agent.cql_weight": 2.5}, score=1.0, epochs=2,
+                        status="completed", run_dirs=[tmp_path / "run"])
+    best_file = write_best(tmp_path / "best.json", best, config, last_k=3)
+    assert json.loads(best_file.read_text())["hyperparameters"] == {
+        "agent": {"cql_weight": 2.5}}
+    # A --config file's agent settings survive the tuned agent field.
+    base = tmp_path / "config.json"
+    base.write_text(json.dumps({"agent": {"n_hidden_units": 16, "cql_weight": 9.0}}))
+    train_args = build_train_parser().parse_args(
+        ["--env_name", NAME, "--mode", "cql", "--config", str(base),
+         "--hyperparameters", str(best_file)])
+    trained = config_from_args(train_args)
+    assert trained.agent.cql_weight == 2.5 and trained.agent.n_hidden_units == 16
 
 
 def test_sweep_options_are_checked_before_any_work(tmp_path):
@@ -147,6 +181,14 @@ def test_sweep_options_are_checked_before_any_work(tmp_path):
             tune_hyperparameters(config, dataclasses.replace(options, root=tmp_path))
     with pytest.raises(UserError, match="what the sweep tunes"):
         tune_hyperparameters(config.model_copy(update={"pessimism": (1.0,)}), TuneOptions())
+    # An agent field the sweep tunes counts as set by hand when it was given, whatever
+    # its value (here the default).
+    combo = TrainerConfiguration(env_name=NAME, mode="combo", agent={"combo_weight": 0.5})
+    with pytest.raises(UserError, match="agent.combo_weight is what the sweep tunes"):
+        tune_hyperparameters(combo, TuneOptions(root=tmp_path))
+    with pytest.raises(UserError, match="no pessimism or conservatism to tune"):
+        tune_hyperparameters(TrainerConfiguration(env_name=NAME, mode="offline-sac"),
+                             TuneOptions(root=tmp_path))
     assert not any(tmp_path.iterdir())
 
 
@@ -325,3 +367,34 @@ def test_existing_sweep_is_not_clobbered(sweep, capsys):
         assert main(sweep["argv"]) == 2
     err = capsys.readouterr().err.strip()
     assert "already exists: pass --overwrite" in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def combo_sweep(sweep):
+    """A one-trial sweep of COMBO (after ``sweep``, whose environment model it reuses): a
+    model-based mode whose conservatism is an agent field."""
+    storage = sweep["root"] / "tuning"
+    argv = ["--env_name", NAME, "--mode", "combo", "--trials", "1", "--seeds", "0",
+            "--epochs", "1", "--steps_per_epoch", "10", "--test_episodes", "1",
+            "--exp_name", "combo-sweep", "--storage_path", str(storage), "--no-progress", *TINY]
+    out, err = io.StringIO(), io.StringIO()
+    with _environment(sweep["root"]), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = main(argv)
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
+
+
+def test_combo_sweep_tunes_its_agent_field(combo_sweep, sweep):
+    assert combo_sweep["code"] == 0, combo_sweep["err"]
+    out = combo_sweep["out"]
+    assert "agent.combo_weight log-uniform in [0.1, 10]" in out
+    best = json.loads((sweep["root"] / "tuning" / "combo-sweep" /
+                       "best_hyperparameters.json").read_text())
+    assert best["mode"] == "combo" and set(best["hyperparameters"]) == {"rollout_length", "agent"}
+    weight = best["hyperparameters"]["agent"]["combo_weight"]
+    assert 0.1 <= weight <= 10.0
+    run = json.loads((sweep["root"] / "experiments" / "combo-sweep-trial0" /
+                      "combo-sweep-trial0-s0" / "config.json").read_text())
+    assert run["agent"]["combo_weight"] == weight
+    assert run["rollout_length"] == best["hyperparameters"]["rollout_length"]
+    assert [f"{weight:.4g}"] == [cells[2] for cells in _table_rows(out).values()]

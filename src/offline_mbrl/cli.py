@@ -198,8 +198,12 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
         values.pop(RESOLVED_KEY, None)  # what a run derived, not a setting
         values = _current_names(values, f"--config {args.config}")
     if args.hyperparameters is not None:
-        values.update(_current_names(read_hyperparameters_file(args.hyperparameters),
-                                     f"--hyperparameters {args.hyperparameters}"))
+        tuned = _current_names(read_hyperparameters_file(args.hyperparameters),
+                               f"--hyperparameters {args.hyperparameters}")
+        for key, value in tuned.items():
+            # A tuned agent field joins the --config file's agent group, not replaces it.
+            both_groups = isinstance(value, dict) and isinstance(values.get(key), dict)
+            values[key] = {**values[key], **value} if both_groups else value
     for group in ("agent", "env_model"):
         if not isinstance(values.get(group, {}), dict):
             raise UserError(f"'{group}' in the configuration file must be an object of fields, "

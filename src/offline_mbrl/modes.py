@@ -26,6 +26,17 @@ Uncertainty = Literal["aleatoric", "epistemic", "bellman"]
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """A closed range ``[low, high]`` a sweep draws one hyperparameter from: integers, or
+    floats on a linear or log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+@dataclass(frozen=True)
 class ModeSpec:
     """One training mode."""
 
@@ -51,6 +62,11 @@ class ModeSpec:
     """``--precision`` values the agent supports."""
     summary: str = ""
     """One line for ``--help`` and the README."""
+    search: tuple[tuple[str, Bounds], ...] = ()
+    """What ``ombrl tune`` searches besides the rollout length (model-based modes) and a
+    pessimism derived from the model's uncertainty statistics: ``(field, range)`` pairs,
+    agent fields written ``agent.<name>``. A pessimism listed here takes this range instead
+    of the derived one."""
 
     @property
     def pessimistic(self) -> bool:
@@ -61,6 +77,19 @@ class ModeSpec:
     def pessimism_field(self) -> str | None:
         """The configuration field of this mode's pessimism value (λ or threshold)."""
         return {"penalty": "pessimism", "partitioning": "ood_threshold"}.get(self.pessimism)
+
+    @property
+    def tuned_fields(self) -> tuple[str, ...]:
+        """The configuration fields ``ombrl tune`` searches, in order (empty for modes it
+        cannot tune: online ones, and offline ones with no pessimism or search range)."""
+        if self.online:
+            return ()
+        searched = tuple(name for name, _ in self.search)
+        pessimism = (self.pessimism_field,) if self.pessimism_field else ()
+        if not pessimism and not searched:
+            return ()
+        fields = ("rollout_length",) if self.model_based else ()
+        return tuple(dict.fromkeys(fields + pessimism + searched))
 
     def agent_class(self) -> Any:
         """The agent class, imported on first use."""
@@ -138,20 +167,30 @@ for _kind, _what in (("penalty", "reward minus λ × uncertainty (MOPO-style)"),
                           summary=f"offline SAC on model rollouts: {_what}, "
                                   f"{_uncertainty} uncertainty"))
 # Beyond the seed.
+# Search ranges span the papers' values on the D4RL locomotion datasets with room on either
+# side: CQL's α 5 (10 in some of its ablations), COMBO's β 0.5 to 5, IQL's τ 0.7 and β 3
+# (0.9 and 10 on AntMaze).
 register(ModeSpec("cql", "offline_mbrl.agents.cql:CQL", online=False, default_updates=1_000_000,
+                  search=(("agent.cql_weight", Bounds(0.5, 20.0, log=True)),),
                   summary="conservative Q-learning, CQL(H) on SAC (Kumar et al., 2020)"))
 register(ModeSpec("iql", "offline_mbrl.agents.iql:IQL", online=False, default_updates=1_000_000,
+                  search=(("agent.iql_expectile", Bounds(0.5, 0.95)),
+                          ("agent.iql_temperature", Bounds(0.5, 10.0, log=True))),
                   summary="implicit Q-learning: expectile value, advantage-weighted actor "
                           "(Kostrikov et al., 2022)"))
 register(ModeSpec("combo", "offline_mbrl.agents.combo:COMBO", online=False, model_based=True,
                   default_updates=1_000_000,
+                  search=(("agent.combo_weight", Bounds(0.1, 10.0, log=True)),),
                   summary="COMBO: SAC on real and model data, Q pushed down at sampled actions "
                           "and up at the dataset's (Yu et al., 2021)"))
 # MOBILE (Sun, Zhang, Jia, Lin, Ye and Yu, "Model-Bellman Inconsistency for Model-based
 # Offline Reinforcement Learning", ICML 2023): MOPO's reward penalty with the spread of the
 # ensemble members' Bellman targets as its uncertainty; the agent is plain SAC, the penalty
-# lives in the rollouts.
+# lives in the rollouts. Its β is searched on a log scale around the authors' per-dataset
+# values (0.1 to 5 in their configs/gym), widened twofold at each end: the Bellman
+# inconsistency is a spread of Q-values under the agent's critic, which no dataset statistic
+# measures before training, so its range cannot come from the model's statistics.
 register(ModeSpec("mobile", _SAC, online=False, model_based=True, pessimism="penalty",
-                  uncertainty="bellman",
+                  uncertainty="bellman", search=(("pessimism", Bounds(0.05, 10.0, log=True)),),
                   summary="offline SAC on model rollouts: reward minus β × the spread of the "
                           "ensemble's Bellman targets (MOBILE, Sun et al., 2023)"))

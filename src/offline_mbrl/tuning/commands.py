@@ -1,4 +1,4 @@
-"""``ombrl tune``: sweep the rollout length and pessimism of a pessimistic mode.
+"""``ombrl tune``: sweep the rollout length and pessimism or conservatism of an offline mode.
 
     ombrl tune --env_name hopper-medium-replay-v2 --mode epistemic-partitioning --trials 20 \\
         --seeds 0 1 2 --asha
@@ -34,18 +34,21 @@ _NESTED = ("agent", "env_model")
 def build_parser(prog: str = "ombrl tune") -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog, formatter_class=DefaultsHelpFormatter,
-        description="Tune the synthetic rollout length (1..20) and the pessimism of a "
-        "pessimistic mode on a dataset: partitioning thresholds on a log scale between the "
-        "mean and the maximum dataset uncertainty, penalty coefficients in "
-        "[0, R_max / u_max]. Optuna proposes, Ray Tune runs the trials (locally on "
-        "127.0.0.1 unless --address joins a cluster). The best values go to "
+        description="Tune an offline mode on a dataset: the synthetic rollout length "
+        "(1..20) of model-based modes; partitioning thresholds on a log scale between the "
+        "mean and the maximum dataset uncertainty; penalty coefficients in "
+        "[0, R_max / u_max]; the fixed ranges of MOBILE's β, CQL's α, COMBO's β and IQL's "
+        "expectile and temperature (offline_mbrl.modes). Optuna proposes, Ray Tune runs "
+        "the trials (locally on 127.0.0.1 unless --address joins a cluster). The best values go to "
         "<storage_path>/<exp_name>/best_hyperparameters.json, which train_agent.py "
         "--hyperparameters reads.")
     what = parser.add_argument_group("what to tune")
     what.add_argument("--env_name", required=True, help="D4RL dataset name, e.g. "
                       "hopper-medium-replay-v2 (or an environment name with --dataset)")
     what.add_argument("--mode", required=True, choices=tunable_modes(),
-                      help="pessimistic mode whose hyperparameters are tuned")
+                      help="offline mode whose hyperparameters are tuned: the rollout length of "
+                      "model-based modes, and the pessimism or conservatism weight (λ, β, the "
+                      "threshold, CQL's α, IQL's expectile and temperature)")
     what.add_argument("--trials", type=int, default=20, help="number of trials")
     what.add_argument("--seeds", type=int, nargs="+", default=[0],
                       help="seeds trained together as one population in every trial")

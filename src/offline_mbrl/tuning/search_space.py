@@ -1,66 +1,57 @@
-"""The seed's search space for the pessimistic modes.
+"""What ``ombrl tune`` searches, mode by mode.
 
-Tuned are the synthetic rollout length (an integer in 1..20) and the pessimism of the
-mode, scaled by the dataset's uncertainty statistics under its environment model:
+Every tunable mode's fields come from the registry (:attr:`~offline_mbrl.modes.ModeSpec.
+tuned_fields`):
 
-* ``*-partitioning``: the threshold ``ood_threshold`` of the unknown state-action
-  detector, on a log scale between the mean and the maximum uncertainty of the mode's
-  kind over the dataset (the mean is usually orders of magnitude below the maximum);
-* ``*-penalty``: the penalty coefficient ``pessimism``, uniform in ``[0, R_max / u_max]``,
-  so that the largest coefficient costs the most uncertain dataset sample ``R_max``.
+* the synthetic rollout length of a model-based mode (an integer in 1..20, the seed's);
+* the pessimism of ``*-partitioning`` and ``*-penalty`` modes, scaled by the dataset's
+  uncertainty statistics under its environment model (the seed's space):
+
+  * ``*-partitioning``: the threshold ``ood_threshold`` of the unknown state-action
+    detector, on a log scale between the mean and the maximum uncertainty of the mode's
+    kind over the dataset (the mean is usually orders of magnitude below the maximum);
+  * ``*-penalty``: the penalty coefficient ``pessimism``, uniform in ``[0, R_max / u_max]``,
+    so that the largest coefficient costs the most uncertain dataset sample ``R_max``;
+
+* fixed ranges a mode declares in its registry line (:attr:`~offline_mbrl.modes.ModeSpec.
+  search`): MOBILE's β, CQL's α, COMBO's β, IQL's expectile and temperature.
 
 :func:`search_bounds` is pure and holds the numbers; :func:`optuna_space` and
 :func:`ray_space` turn them into the distributions of each library (imported lazily).
-Parameter names are :class:`~offline_mbrl.config.TrainerConfiguration` fields.
+Parameter names are :class:`~offline_mbrl.config.TrainerConfiguration` fields, or
+``agent.<name>`` for :class:`~offline_mbrl.config.AgentConfiguration` fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from offline_mbrl.errors import UserError
-from offline_mbrl.modes import MODES, pessimistic_modes
+from offline_mbrl.modes import MODES, Bounds
+
+__all__ = ["ROLLOUT_LENGTH_RANGE", "Bounds", "check_tunable_mode", "optuna_space",
+           "ray_space", "search_bounds", "suggest", "tunable_modes", "tuned_fields"]
 
 ROLLOUT_LENGTH_RANGE = (1, 20)
 """The seed's rollout lengths, both ends included."""
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """A closed range ``[low, high]``: integers, or floats on a linear or log scale."""
-
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-
-def pessimism_parameter(mode: str) -> str:
-    """The configuration field a mode's pessimism is tuned through."""
-    check_tunable_mode(mode)
-    field = MODES[mode].pessimism_field
-    assert field is not None
-    return field
-
-
-BELLMAN_PENALTY_RANGE = (0.05, 10.0)
-"""β of MOBILE's penalty, log scale: the MOBILE authors' per-dataset values (0.1 to 5 in
-their configs/gym) widened twofold at each end. The Bellman inconsistency is a spread of
-Q-values under the agent's critic, which no dataset statistic measures before training, so
-its range cannot come from the model's uncertainty statistics as the others' do."""
-
-
 def tunable_modes() -> tuple[str, ...]:
-    """The modes with a pessimism to tune (rollout length and λ, β or the threshold)."""
-    return pessimistic_modes()
+    """The registered modes a sweep can tune."""
+    return tuple(name for name, spec in MODES.items() if spec.tuned_fields)
 
 
 def check_tunable_mode(mode: str) -> None:
-    if mode not in pessimistic_modes():
-        raise UserError(f"mode '{mode}' has no pessimism to tune: use one of "
+    if mode not in tunable_modes():
+        raise UserError(f"mode '{mode}' has no pessimism or conservatism to tune: use one of "
                         f"{', '.join(tunable_modes())}")
+
+
+def tuned_fields(mode: str) -> tuple[str, ...]:
+    """The configuration fields a sweep of ``mode`` tunes (``agent.<name>`` for the agent's)."""
+    check_tunable_mode(mode)
+    return MODES[mode].tuned_fields
 
 
 def search_bounds(mode: str, stats: Mapping[str, Any],
@@ -68,43 +59,53 @@ def search_bounds(mode: str, stats: Mapping[str, Any],
     """The search ranges of ``mode`` for a dataset with uncertainty statistics ``stats``.
 
     Args:
-        mode: a pessimistic mode, e.g. ``epistemic-partitioning``.
+        mode: a tunable mode, e.g. ``epistemic-partitioning`` or ``cql``.
         stats: as :func:`~offline_mbrl.models.statistics.uncertainty_statistics` returns:
-            ``{"aleatoric": {"mean", "std", "max"}, "epistemic": {...}, "max_reward"}``.
+            ``{"aleatoric": {"mean", "std", "max"}, "epistemic": {...}, "max_reward"}``;
+            read only for a pessimism without a range of its own in the registry.
         rollout_length: smallest and largest rollout length.
 
     Returns:
-        ``{"rollout_length": Bounds(1, 20, integer=True), "ood_threshold" or "pessimism":
-        Bounds(...)}``.
+        ``{field: Bounds}`` for every field of :func:`tuned_fields`, e.g.
+        ``{"rollout_length": Bounds(1, 20, integer=True), "ood_threshold": Bounds(...)}``.
 
     Raises:
-        UserError: a mode without pessimism, or statistics that leave the range empty.
+        UserError: a mode with nothing to tune, or statistics that leave a range empty.
     """
-    parameter = pessimism_parameter(mode)
-    kind = str(MODES[mode].uncertainty)
-    low_len, high_len = rollout_length
-    if not 1 <= low_len <= high_len:
-        raise UserError(f"rollout length range {low_len}..{high_len} is empty: "
-                        "use 1 <= low <= high")
-    bounds = {"rollout_length": Bounds(low_len, high_len, integer=True)}
-    if kind == "bellman":
-        bounds[parameter] = Bounds(*BELLMAN_PENALTY_RANGE, log=True)
-        return bounds
+    spec = MODES[mode]
+    fields = tuned_fields(mode)
+    declared = dict(spec.search)
+    bounds: dict[str, Bounds] = {}
+    if "rollout_length" in fields:
+        low_len, high_len = rollout_length
+        if not 1 <= low_len <= high_len:
+            raise UserError(f"rollout length range {low_len}..{high_len} is empty: "
+                            "use 1 <= low <= high")
+        bounds["rollout_length"] = Bounds(low_len, high_len, integer=True)
+    parameter = spec.pessimism_field
+    if parameter is not None and parameter not in declared:
+        bounds[parameter] = _derived_pessimism_bounds(mode, stats)
+    bounds.update(declared)
+    return bounds
+
+
+def _derived_pessimism_bounds(mode: str, stats: Mapping[str, Any]) -> Bounds:
+    """The seed's range of a pessimistic mode's λ or threshold, from the statistics."""
+    spec = MODES[mode]
+    kind = str(spec.uncertainty)
     u_mean, u_max = float(stats[kind]["mean"]), float(stats[kind]["max"])
-    if parameter == "ood_threshold":
+    if spec.pessimism == "partitioning":
         if not 0 < u_mean < u_max:
             raise UserError(f"{kind} uncertainty on the dataset has mean {u_mean:g} and max "
                             f"{u_max:g}, so the log-scale range [mean, max] is empty: retrain "
                             "the environment model (ombrl train-model --overwrite)")
-        bounds[parameter] = Bounds(u_mean, u_max, log=True)
-    else:
-        r_max = float(stats["max_reward"])
-        if not u_max > 0 or not r_max > 0:
-            raise UserError(f"penalty range [0, R_max / u_max] needs a positive largest reward "
-                            f"and uncertainty, got R_max={r_max:g}, u_max={u_max:g}: tune a "
-                            "partitioning mode or set --pessimism by hand")
-        bounds[parameter] = Bounds(0.0, r_max / u_max)
-    return bounds
+        return Bounds(u_mean, u_max, log=True)
+    r_max = float(stats["max_reward"])
+    if not u_max > 0 or not r_max > 0:
+        raise UserError(f"penalty range [0, R_max / u_max] needs a positive largest reward "
+                        f"and uncertainty, got R_max={r_max:g}, u_max={u_max:g}: tune a "
+                        "partitioning mode or set --pessimism by hand")
+    return Bounds(0.0, r_max / u_max)
 
 
 def optuna_space(bounds: Mapping[str, Bounds]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Hyperparameter sweeps: Optuna proposes, Ray Tune runs the trials.
 
-A sweep tunes the rollout length and the pessimism of one pessimistic mode on one
-dataset (:mod:`offline_mbrl.tuning.search_space`). Before any trial starts, the dataset's
-environment model is loaded (or trained and saved at its default path) and its uncertainty
-statistics fix the search ranges; every trial reuses that model file.
+A sweep tunes one offline mode on one dataset: the rollout length of a model-based mode
+and its pessimism or conservatism (:mod:`offline_mbrl.tuning.search_space`). Before any
+trial of a model-based mode starts, the dataset's environment model is loaded (or trained
+and saved at its default path) and its uncertainty statistics fix the pessimism's range;
+every trial reuses that model file.
 
 A trial trains a population (``config.seeds``) for ``config.epochs`` epochs with the
 proposed values, in its own run directories ``<experiments>/<exp>-trial<k>/...``, and
@@ -45,14 +46,15 @@ from offline_mbrl.models.io import (
 from offline_mbrl.models.statistics import uncertainty_statistics
 from offline_mbrl.models.training import resolve_device, train_environment_model
 from offline_mbrl.models.uncertainty_command import model_path_for
+from offline_mbrl.modes import get_mode
 from offline_mbrl.runs import experiments_root, member_run_dirs
 from offline_mbrl.train import Trainer
 from offline_mbrl.tuning.search_space import (
     Bounds,
     check_tunable_mode,
-    pessimism_parameter,
     search_bounds,
     suggest,
+    tuned_fields,
 )
 
 INSTALL_HINT = "pip install 'offline_mbrl[tune]'"
@@ -192,12 +194,24 @@ def trial_experiment_name(exp_name: str, trial: int) -> str:
 
 def trial_config(base: dict[str, Any], exp_name: str, trial: int,
                  params: dict[str, Any]) -> TrainerConfiguration:
-    """The configuration of trial ``trial``: ``base`` with the proposed values."""
+    """The configuration of trial ``trial``: ``base`` with the proposed values (a trainer
+    field takes one value for every member; ``agent.<name>`` sets an agent field)."""
     values = dict(base)
     values["experiment_name"] = trial_experiment_name(exp_name, trial)
+    return make_config(TrainerConfiguration, **with_tuned_values(values, params))
+
+
+def with_tuned_values(values: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (configuration fields) with the tuned ``params`` set: trainer fields as
+    one value for every member (``[v]``), ``agent.<name>`` inside the ``agent`` group."""
+    values = dict(values)
     for name, value in params.items():
-        values[name] = (value,)
-    return make_config(TrainerConfiguration, **values)
+        group, _, field = name.rpartition(".")
+        if group:
+            values[group] = {**values.get(group, {}), field: value}
+        else:
+            values[name] = [value]
+    return values
 
 
 def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
@@ -272,10 +286,9 @@ class SweepResult:
     exp_name: str
     mode: str
     env_name: str
-    parameter: str
     bounds: dict[str, Bounds]
     stats: dict[str, Any]
-    model_path: Path
+    model_path: Path | None
     trials: list[TrialOutcome]
     best: TrialOutcome
     best_file: Path
@@ -377,7 +390,7 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
     """Run a sweep of ``options.trials`` trials around ``config``; write the best values.
 
     Args:
-        config: the trial configuration; rollout_length and the mode's pessimism are tuned.
+        config: the trial configuration; the mode's :func:`tuned_fields` are tuned.
         options: how the sweep runs.
         progress: show the model's training progress bar.
 
@@ -396,10 +409,12 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
     _claim(storage_dir, root, exp_name, options.overwrite)
 
     config = _with_absolute_dataset(config)
-    model_path, stats = prepare_environment_model(config, progress=progress)
+    model_path: Path | None = None
+    stats: dict[str, Any] = {}
+    if get_mode(config.mode).model_based:
+        model_path, stats = prepare_environment_model(config, progress=progress)
+        config = config.model_copy(update={"pretrained_env_model_path": str(model_path)})
     bounds = search_bounds(config.mode, stats)
-    parameter = pessimism_parameter(config.mode)
-    config = config.model_copy(update={"pretrained_env_model_path": str(model_path)})
 
     setup = _trial_setup(config, exp_name, bounds, root, options)
     tuner = _make_tuner(libs, setup, bounds, exp_name, storage, epochs, device, options)
@@ -408,17 +423,20 @@ def tune_hyperparameters(config: TrainerConfiguration, options: TuneOptions,
     best = _best_trial(outcomes, storage_dir)
     best_file = write_best(storage_dir / BEST_FILE, best, config, options.last_k)
     return SweepResult(exp_name=exp_name, mode=config.mode, env_name=config.env_name,
-                       parameter=parameter, bounds=bounds, stats=stats, model_path=model_path,
+                       bounds=bounds, stats=stats, model_path=model_path,
                        trials=outcomes, best=best, best_file=best_file,
                        objective=objective_name(config.env_name), epochs=epochs,
                        storage_dir=storage_dir)
 
 
 def _check_sweep_options(config: TrainerConfiguration, options: TuneOptions) -> None:
-    """Refuse a mode without pessimism, a tuned field set by hand and bad sweep options."""
+    """Refuse a mode with nothing to tune, a tuned field set by hand and bad sweep options."""
     check_tunable_mode(config.mode)
-    for name in ("rollout_length", pessimism_parameter(config.mode)):
-        if getattr(config, name) is not None:
+    for name in tuned_fields(config.mode):
+        group, _, field = name.rpartition(".")
+        given = (field in getattr(config, group).model_fields_set if group
+                 else getattr(config, name) is not None)
+        if given:
             raise UserError(f"{name} is what the sweep tunes: drop it from --set")
     if options.trials < 1:
         raise UserError(f"--trials must be at least 1, got {options.trials}")
@@ -560,7 +578,7 @@ def write_best(path: Path, best: TrialOutcome, config: TrainerConfiguration, las
                ) -> Path:
     """Write the best values as ``train_agent.py --hyperparameters`` reads them (atomically)."""
     payload = {
-        "hyperparameters": {name: [value] for name, value in best.params.items()},
+        "hyperparameters": with_tuned_values({}, best.params),
         "score": best.score,
         "mode": config.mode,
         "env_name": config.env_name,
