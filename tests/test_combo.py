@@ -1,16 +1,19 @@
 """COMBO: which rows its conservative term pushes down and up, on hand-made tensors, what it
 does to a critic, and the mode end to end (population, batch split)."""
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
-from tests.test_modes import config, dirs, hopper_dataset  # noqa: F401 (fixtures)
+from tests.test_modes import TINY_AGENT, config, dirs, hopper_dataset  # noqa: F401 (fixtures)
 from tests.test_sac import SMALL, make_batch
 
 from offline_mbrl.agents.combo import COMBO
 from offline_mbrl.agents.cql import CQL
 from offline_mbrl.agents.sac import SAC
+from offline_mbrl.data.d4rl import PUBLISHED_ROWS, write_d4rl_hdf5
 from offline_mbrl.errors import UserError
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.train import Trainer
@@ -155,3 +158,38 @@ def test_population_member_trains_like_a_single_run(dirs):  # noqa: F811
     obs = torch.randn(1, 4, 11)
     torch.testing.assert_close(population.agent.act(obs.expand(2, 4, 11))[1],
                                single.agent.act(obs)[0], rtol=1e-3, atol=1e-4)
+
+
+def test_beta_and_rollout_length_come_from_the_flag_the_table_or_the_default(
+        dirs, hopper_dataset, monkeypatch):  # noqa: F811
+    trainer = Trainer(config("combo"), progress=False)  # generated data: no table
+    trainer.prepare()
+    assert trainer.agent.config.combo_weight == 0.5
+    assert trainer.resolved["rollout_length"]["value"] == [15]
+    run = json.loads((trainer.run_dirs[0] / "config.json").read_text())
+    assert run["resolved"]["agent.combo_weight"] == {"value": 0.5, "source": "default"}
+    # The published hopper-medium-v2 file, recognised by content: OfflineRL-Kit's h = 5, β = 5.
+    dataset, _ = hopper_dataset
+    published = dirs / "published.hdf5"
+    write_d4rl_hdf5(dataclasses.replace(dataset, metadata={}), published)
+    monkeypatch.setitem(PUBLISHED_ROWS, "hopper-medium-v2", len(dataset))
+    on_table = config("combo", env_name="hopper-medium-v2", dataset=str(published),
+                      experiment_name="published")
+    trainer = Trainer(on_table, progress=False)
+    trainer.run()
+    assert trainer.agent.config.combo_weight == 5.0
+    assert trainer.pessimism.rollout_length.tolist() == [5]
+    run = json.loads((trainer.run_dirs[0] / "config.json").read_text())
+    assert run["agent"]["combo_weight"] == 5.0
+    assert run["resolved"]["agent.combo_weight"]["value"] == 5.0
+    assert "OfflineRL-Kit" in run["resolved"]["agent.combo_weight"]["source"]
+    # A resume resolves the same value, so the checkpoint's configuration matches.
+    resumed = Trainer(on_table.model_copy(update={"offline_epochs": 2}), resume=True,
+                      progress=False)
+    assert resumed.epoch == 1 and resumed.agent.config.combo_weight == 5.0
+    # A flag wins over the table, even at the field's default value.
+    flagged = Trainer(config("combo", env_name="hopper-medium-v2", dataset=str(published),
+                             experiment_name="flag",
+                             agent={**TINY_AGENT, "combo_weight": 0.5}), progress=False)
+    assert flagged.agent.config.combo_weight == 0.5
+    assert flagged.agent_resolved["agent.combo_weight"]["source"] == "flag"

@@ -184,7 +184,7 @@ def test_sweep_options_are_checked_before_any_work(tmp_path):
     # An agent field the sweep tunes counts as set by hand when it was given, whatever
     # its value (here the default).
     combo = TrainerConfiguration(env_name=NAME, mode="combo", agent={"combo_weight": 0.5})
-    with pytest.raises(UserError, match="agent.combo_weight is what the sweep tunes"):
+    with pytest.raises(UserError, match=r"agent\.combo_weight is what the sweep tunes"):
         tune_hyperparameters(combo, TuneOptions(root=tmp_path))
     with pytest.raises(UserError, match="no pessimism or conservatism to tune"):
         tune_hyperparameters(TrainerConfiguration(env_name=NAME, mode="offline-sac"),

@@ -60,10 +60,10 @@ class AgentConfiguration(Frozen):
     """cql, combo: temperature T of the log-sum-exp (CQL's paper and OfflineRL-Kit's COMBO:
     1.0)."""
     combo_weight: NonNegativeFloat = 0.5
-    """combo: β, the weight of the conservative critic term. OfflineRL-Kit's suggested
-    values: 0.5 on halfcheetah-medium and the three medium-replay datasets (so on the
-    default hopper-medium-replay), 5.0 on hopper-medium, walker2d-medium and the three
-    medium-expert datasets."""
+    """combo: β, the weight of the conservative critic term. Unless given, the tuned table's
+    value on the published D4RL files (OfflineRL-Kit's suggested values: 0.5 on
+    halfcheetah-medium and the three medium-replay datasets, 5.0 on hopper-medium,
+    walker2d-medium and the three medium-expert datasets), else this default."""
     combo_states: Literal["mixed", "model"] = "mixed"
     """combo: the states whose sampled actions the conservative term pushes down: every row
     of the batch, real and model-generated ('mixed', OfflineRL-Kit's default), or the

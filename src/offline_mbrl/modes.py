@@ -62,6 +62,10 @@ class ModeSpec:
     """``--precision`` values the agent supports."""
     summary: str = ""
     """One line for ``--help`` and the README."""
+    table_agent_field: str | None = None
+    """The agent field the hyperparameter table's ``value`` column sets for this mode, unless
+    given (COMBO's ``combo_weight``); without one, the value is the mode's pessimism. The
+    table's rollout length applies to every mode with rows there."""
     search: tuple[tuple[str, Bounds], ...] = ()
     """What ``ombrl tune`` searches besides the rollout length (model-based modes) and a
     pessimism derived from the model's uncertainty statistics: ``(field, range)`` pairs,
@@ -179,7 +183,7 @@ register(ModeSpec("iql", "offline_mbrl.agents.iql:IQL", online=False, default_up
                   summary="implicit Q-learning: expectile value, advantage-weighted actor "
                           "(Kostrikov et al., 2022)"))
 register(ModeSpec("combo", "offline_mbrl.agents.combo:COMBO", online=False, model_based=True,
-                  default_updates=1_000_000,
+                  default_updates=1_000_000, table_agent_field="combo_weight",
                   search=(("agent.combo_weight", Bounds(0.1, 10.0, log=True)),),
                   summary="COMBO: SAC on real and model data, Q pushed down at sampled actions "
                           "and up at the dataset's (Yu et al., 2021)"))

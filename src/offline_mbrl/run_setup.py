@@ -10,8 +10,10 @@ in this order:
 4. :func:`find_environment_model`: the saved model to reuse, if any;
    :func:`train_and_save_model` trains one when none is saved (an explicit step of
    ``Trainer.prepare``, never of constructing the trainer);
-5. :func:`resolve_pessimism`: per-member rollout lengths, penalty or threshold, each with
-   where it came from (flag, the tuned table, or derived from the data).
+5. :func:`resolve_agent_field` (with the dataset, before the agent is built) and
+   :func:`resolve_pessimism`: an agent field the tuned table holds (COMBO's β),
+   per-member rollout lengths, penalty or threshold, each with where it came from (flag,
+   the tuned table, or derived from the data).
 
 Steps 1-4 can fail on bad input and run before any run directory is touched.
 """
@@ -36,7 +38,7 @@ from offline_mbrl.data.dataset import OfflineDataset
 from offline_mbrl.data.resolve import load_dataset
 from offline_mbrl.envs.registry import EnvSpec, evaluation_env_id, make_env
 from offline_mbrl.errors import UserError
-from offline_mbrl.hyperparameters import DEFAULT_PESSIMISM, fallback_pessimism, lookup
+from offline_mbrl.hyperparameters import DEFAULT_PESSIMISM, Tuned, fallback_pessimism, lookup
 from offline_mbrl.models.ensemble import EnvironmentModel
 from offline_mbrl.models.io import (
     check_model_matches,
@@ -266,8 +268,7 @@ def resolve_pessimism(config: TrainerConfiguration, env: EnvSpec, model: Environ
         The :class:`Pessimism` and ``{name: {"value": ..., "source": ...}}`` for config.json.
     """
     mode = get_mode(config.mode)
-    published = dataset is not None and is_published_d4rl(dataset, env.dataset_name)
-    tuned = lookup(config.mode, env.dataset_name) if published else None
+    tuned = table_row(config, env, dataset)
     if config.rollout_length:
         lengths, source = config.rollout_length, "flag"
     elif tuned:
@@ -299,7 +300,40 @@ def resolve_pessimism(config: TrainerConfiguration, env: EnvSpec, model: Environ
                                max_reward, config.agent.gamma), resolved
 
 
-def _pessimism_values(config: TrainerConfiguration, mode: ModeSpec, tuned: Any,
+def table_row(config: TrainerConfiguration, env: EnvSpec, dataset: OfflineDataset | None
+              ) -> Tuned | None:
+    """The tuned table's row of the mode on the dataset: only for the published D4RL files
+    (recognised by content), which the table's values were found on."""
+    published = dataset is not None and is_published_d4rl(dataset, env.dataset_name)
+    return lookup(config.mode, env.dataset_name) if published else None
+
+
+def resolve_agent_field(config: TrainerConfiguration, env: EnvSpec,
+                        dataset: OfflineDataset | None
+                        ) -> tuple[TrainerConfiguration, dict[str, dict[str, Any]]]:
+    """The configuration with the agent field the mode takes from the tuned table (COMBO's
+    β, :attr:`~offline_mbrl.modes.ModeSpec.table_agent_field`), and where its value came
+    from: the flag, the table (published D4RL files only), or the field's default.
+
+    Returns:
+        The configuration the agent is built from, and ``{"agent.<field>": {"value": ...,
+        "source": ...}}`` for config.json (empty for modes without such a field).
+    """
+    name = get_mode(config.mode).table_agent_field
+    if name is None:
+        return config, {}
+    tuned = table_row(config, env, dataset)
+    if name in config.agent.model_fields_set:
+        source = "flag"
+    elif tuned is not None:
+        agent = config.agent.model_copy(update={name: tuned.value})
+        config, source = config.model_copy(update={"agent": agent}), tuned.source
+    else:
+        source = "default"
+    return config, {f"agent.{name}": {"value": getattr(config.agent, name), "source": source}}
+
+
+def _pessimism_values(config: TrainerConfiguration, mode: ModeSpec, tuned: Tuned | None,
                       model: EnvironmentModel, model_path: Path | None,
                       dataset: OfflineDataset, max_reward: float
                       ) -> tuple[tuple[float, ...], str]:

@@ -50,6 +50,7 @@ from offline_mbrl.run_setup import (
     model_config,
     probe_environment,
     read_pretrained_agent,
+    resolve_agent_field,
     resolve_pessimism,
     resolve_random_steps,
     train_and_save_model,
@@ -175,6 +176,9 @@ class Trainer:
         self.offline_dataset = data.dataset if data else None
         self.eval_env = data.eval_env if data else self.spec.gym_id
         """Gymnasium id of the evaluation episodes (a dataset's own recorded id)."""
+        config, self.agent_resolved = resolve_agent_field(config, self.spec,
+                                                          self.offline_dataset)
+        self.config = config
         self.model_path = environment_model_path(config, self.spec) if data else None
         self.model: Any = (find_environment_model(config, self.spec, data.dataset, self.device)
                            if data and self.model_based else None)
@@ -282,7 +286,7 @@ class Trainer:
         # On resume too: the settings a resume may change are applied and recorded.
         for run_dir, seed in zip(self.run_dirs, self.seeds, strict=True):
             write_config(run_dir, self.member_config(seed),
-                         {**self.loop_resolved, **self.resolved})
+                         {**self.loop_resolved, **self.agent_resolved, **self.resolved})
         self.prepared = True
 
     def member_config(self, seed: int) -> TrainerConfiguration:
