@@ -1,7 +1,7 @@
 """Setting up a run: what the training loop needs before its first update.
 
 Each step is a function of the configuration, called by :class:`offline_mbrl.train.Trainer`
-in this order:
+in this order, after :func:`set_up_process` (device, threads, allocator):
 
 1. :func:`check_settings`: flag combinations and per-member value counts;
 2. :func:`probe_environment`: observation and action sizes and the action box;
@@ -47,15 +47,30 @@ from offline_mbrl.models.io import (
     save_environment_model,
 )
 from offline_mbrl.models.statistics import largest_reward, uncertainty_statistics
-from offline_mbrl.models.training import EnvironmentModelConfiguration, train_environment_model
+from offline_mbrl.models.training import (
+    EnvironmentModelConfiguration,
+    resolve_device,
+    train_environment_model,
+)
 from offline_mbrl.modes import ModeSpec, get_mode, same_agent
 from offline_mbrl.rng import PopulationRNG
 from offline_mbrl.rollouts import Pessimism
 from offline_mbrl.runs import find_checkpoint
-from offline_mbrl.runtime import bfloat16_warning
+from offline_mbrl.runtime import bfloat16_warning, keep_freed_memory
 
 PER_MEMBER_FLAGS = ("rollout_length", "pessimism", "ood_threshold")
 """Flags that take one value, or one per population member."""
+
+
+def set_up_process(config: TrainerConfiguration) -> torch.device:
+    """The run's device, with this process's torch threads (``--threads``) and, on the CPU,
+    its allocator (:func:`~offline_mbrl.runtime.keep_freed_memory`) set for it."""
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    return device
 
 
 def check_settings(config: TrainerConfiguration, env: EnvSpec, n_members: int) -> None:

@@ -36,7 +36,7 @@ from offline_mbrl.errors import NonFiniteError, UserError
 from offline_mbrl.evaluation import evaluate_population
 from offline_mbrl.logging import RunLogger
 from offline_mbrl.models.ensemble import EnvironmentModel
-from offline_mbrl.models.training import resolve_device, train_environment_model
+from offline_mbrl.models.training import train_environment_model
 from offline_mbrl.modes import agent_class_of, get_mode
 from offline_mbrl.progress import EpochProgress
 from offline_mbrl.rng import PopulationRNG
@@ -53,6 +53,7 @@ from offline_mbrl.run_setup import (
     resolve_agent_field,
     resolve_pessimism,
     resolve_random_steps,
+    set_up_process,
     train_and_save_model,
     warn_about_emulated_bfloat16,
 )
@@ -63,7 +64,6 @@ from offline_mbrl.runs import (
     member_run_dirs,
     write_config,
 )
-from offline_mbrl.runtime import keep_freed_memory
 
 __all__ = ["RESUME_MAY_CHANGE", "EpochMetrics", "Trainer", "make_agent", "train"]
 
@@ -147,11 +147,7 @@ class Trainer:
                  overwrite: bool = False, progress: bool = True, root: Path | None = None,
                  ) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
+        self.device = set_up_process(config)
         self.spec = get_env_spec(config.env_name)
         self.mode = get_mode(config.mode)
         self.seeds = config.population_seeds
