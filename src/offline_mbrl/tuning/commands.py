@@ -158,7 +158,8 @@ def print_result(result: Any) -> None:
                   f"score = {result.objective}")
     table.add_column("trial", justify="right")
     for name in result.bounds:
-        table.add_column(name, justify="right")
+        # The search-space line above names the group; the column keeps the width for values.
+        table.add_column(name.removeprefix("agent."), justify="right")
     for column in ("epochs", "score", "status", "run directory"):
         table.add_column(column, justify="right" if column in ("epochs", "score") else "left",
                          overflow="fold")
