@@ -236,14 +236,19 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
     csv = ["dataset,mode,rule,seeds,scores,mean,std,iqm,ci_low,ci_high"]
     datasets = list(dict.fromkeys(u.dataset for u in scores))
     without_curves = [f"{u.dataset}: {u.label}" for u, (_, c, _) in scores.items() if not c]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
+    # One panel per dataset with curves to draw (rows without curves are in the table only).
+    plotted = [d for d in datasets if any(scores[u][1] for u in scores if u.dataset == d)]
+    fig, axes = plt.subplots(1, max(1, len(plotted)), figsize=(6 * max(1, len(plotted)), 4.2),
+                             squeeze=False)
+    panels = dict(zip(plotted, axes[0], strict=False))
+    for dataset in datasets:
         for i, unit in enumerate(u for u in scores if u.dataset == dataset):
             finals, curves, kept_line = scores[unit]
             lines.append(markdown_row(dataset, unit.label, finals))
             csv.append(kept_line or f"{dataset},{unit.mode},{unit.rule},{csv_values(finals)}")
             if not curves:
                 continue
+            ax = panels[dataset]
             length = min(c.shape[1] for c in curves)
             x = curves[0][0, :length]
             ys = np.stack([c[1, :length] for c in curves])
@@ -254,11 +259,12 @@ def report(units: list[Unit], args: argparse.Namespace) -> None:
             ax.plot(x, ys.mean(0), style, color=color, label=unit.label)
             ax.fill_between(x, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=color,
                             alpha=0.15)
+    for dataset, ax in panels.items():
         ax.set_title(dataset)
         ax.set_xlabel("agent updates")
         ax.set_ylabel("D4RL normalised score")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     # Rows kept from a report that stored no curves (their runs are gone) keep the figure
     # that shows them; the curves this report has go beside it.
