@@ -23,7 +23,13 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from offline_mbrl.config import AgentConfiguration, TrainerConfiguration, make_config
+from offline_mbrl.config import (
+    CONFIG_GROUPS,
+    AgentConfiguration,
+    TrainerConfiguration,
+    make_config,
+    merge_fields,
+)
 from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.errors import UserError
 from offline_mbrl.evaluation import evaluate_population, record_video
@@ -198,13 +204,11 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfiguration:
         values.pop(RESOLVED_KEY, None)  # what a run derived, not a setting
         values = _current_names(values, f"--config {args.config}")
     if args.hyperparameters is not None:
-        tuned = _current_names(read_hyperparameters_file(args.hyperparameters),
-                               f"--hyperparameters {args.hyperparameters}")
-        for key, value in tuned.items():
-            # A tuned agent field joins the --config file's agent group, not replaces it.
-            both_groups = isinstance(value, dict) and isinstance(values.get(key), dict)
-            values[key] = {**values[key], **value} if both_groups else value
-    for group in ("agent", "env_model"):
+        # A tuned agent field joins the --config file's agent group, not replaces it.
+        values = merge_fields(values, _current_names(
+            read_hyperparameters_file(args.hyperparameters),
+            f"--hyperparameters {args.hyperparameters}"))
+    for group in CONFIG_GROUPS:
         if not isinstance(values.get(group, {}), dict):
             raise UserError(f"'{group}' in the configuration file must be an object of fields, "
                             f"got {values[group]!r}: write it as in a run's config.json")

@@ -250,6 +250,21 @@ class TrainerConfiguration(Frozen):
         return max(1, round(updates / (self.steps_per_epoch * self.agent_updates_per_step)))
 
 
+CONFIG_GROUPS = ("agent", "env_model")
+"""The nested groups of :class:`TrainerConfiguration` (objects of fields in files)."""
+
+
+def merge_fields(values: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (configuration fields, as a file holds them) with ``update`` applied: a
+    group's fields join the group's others; any other field is replaced."""
+    merged = dict(values)
+    for key, value in update.items():
+        both_groups = (key in CONFIG_GROUPS and isinstance(value, Mapping)
+                       and isinstance(merged.get(key), Mapping))
+        merged[key] = {**merged[key], **value} if both_groups else value
+    return merged
+
+
 def make_config(cls: type[BaseModel], **values: Any) -> Any:
     """Build ``cls(**values)``, turning validation errors into a one-line :class:`UserError`."""
     try:

@@ -172,8 +172,8 @@ for _kind, _what in (("penalty", "reward minus λ × uncertainty (MOPO-style)"),
                                   f"{_uncertainty} uncertainty"))
 # Beyond the seed.
 # Search ranges span the papers' values on the D4RL locomotion datasets with room on either
-# side: CQL's α 5 (10 in some of its ablations), COMBO's β 0.5 to 5, IQL's τ 0.7 and β 3
-# (0.9 and 10 on AntMaze).
+# side: CQL's α 5 (its code's value on the gym tasks), COMBO's β 0.5 to 5, IQL's τ 0.7 and
+# β 3 (0.9 and 10 on AntMaze).
 register(ModeSpec("cql", "offline_mbrl.agents.cql:CQL", online=False, default_updates=1_000_000,
                   search=(("agent.cql_weight", Bounds(0.5, 20.0, log=True)),),
                   summary="conservative Q-learning, CQL(H) on SAC (Kumar et al., 2020)"))

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from offline_mbrl.cli import DefaultsHelpFormatter, OneLineParser, run_main
-from offline_mbrl.config import TrainerConfiguration, make_config
+from offline_mbrl.config import CONFIG_GROUPS, TrainerConfiguration, make_config, merge_fields
 from offline_mbrl.errors import UserError
 from offline_mbrl.tuning.search_space import tunable_modes
 from offline_mbrl.tuning.tune import (
@@ -27,8 +27,6 @@ from offline_mbrl.tuning.tune import (
     import_tune_libraries,
     tune_hyperparameters,
 )
-
-_NESTED = ("agent", "env_model")
 
 
 def build_parser(prog: str = "ombrl tune") -> argparse.ArgumentParser:
@@ -39,8 +37,8 @@ def build_parser(prog: str = "ombrl tune") -> argparse.ArgumentParser:
         "mean and the maximum dataset uncertainty; penalty coefficients in "
         "[0, R_max / u_max]; the fixed ranges of MOBILE's β, CQL's α, COMBO's β and IQL's "
         "expectile and temperature (offline_mbrl.modes). Optuna proposes, Ray Tune runs "
-        "the trials (locally on 127.0.0.1 unless --address joins a cluster). The best values go to "
-        "<storage_path>/<exp_name>/best_hyperparameters.json, which train_agent.py "
+        "the trials (locally on 127.0.0.1 unless --address joins a cluster). The best "
+        "values go to <storage_path>/<exp_name>/best_hyperparameters.json, which train_agent.py "
         "--hyperparameters reads.")
     what = parser.add_argument_group("what to tune")
     what.add_argument("--env_name", required=True, help="D4RL dataset name, e.g. "
@@ -114,8 +112,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             value = text
         parts = key.split(".")
-        if len(parts) > 2 or (len(parts) == 2 and parts[0] not in _NESTED):
-            raise UserError(f"--set {key}: nested keys must start with {' or '.join(_NESTED)}, "
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] not in CONFIG_GROUPS):
+            groups = " or ".join(CONFIG_GROUPS)
+            raise UserError(f"--set {key}: nested keys must start with {groups}, "
                             "e.g. agent.n_hidden_units=16")
         if len(parts) == 2:
             values.setdefault(parts[0], {})[parts[1]] = value
@@ -133,11 +132,7 @@ def config_from_tune_args(args: argparse.Namespace) -> TrainerConfiguration:
     for name in ("steps_per_epoch", "test_episodes", "dataset", "device"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    for key, value in parse_overrides(args.overrides).items():
-        if key in _NESTED and isinstance(value, dict):
-            values[key] = {**values.get(key, {}), **value}
-        else:
-            values[key] = value
+    values = merge_fields(values, parse_overrides(args.overrides))
     return make_config(TrainerConfiguration, **values)
 
 

@@ -20,7 +20,6 @@ in other processes, possibly on other machines (which must then share those path
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -38,6 +37,7 @@ from offline_mbrl.data.resolve import load_dataset
 from offline_mbrl.envs.registry import get_env_spec
 from offline_mbrl.envs.scores import D4RL_REFERENCE_RETURNS
 from offline_mbrl.errors import UserError
+from offline_mbrl.files import write_json_atomic
 from offline_mbrl.models.io import (
     check_model_matches,
     load_environment_model,
@@ -588,8 +588,4 @@ def write_best(path: Path, best: TrialOutcome, config: TrainerConfiguration, las
                      f"{list(config.population_seeds)}",
         "run_dirs": [str(d) for d in best.run_dirs],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, payload)
